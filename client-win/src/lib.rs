@@ -2,3 +2,10 @@
 //!
 //! Decisions (addresses, routes, interface metrics, L2 emulation for L3 adapters) live in
 //! portable, tested code; the Windows-only layer that applies them stays thin.
+//!
+//! - [`l2emu`]: Ethernet emulation for L3 adapters (TUN, wintun): ARP, neighbour discovery,
+//!   broadcast mapping and a DHCP client, sans-IO.
+//! - [`winplan`]: the plan of interface changes (address, routes, metric) and their undo.
+
+pub mod l2emu;
+pub mod winplan;

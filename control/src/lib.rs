@@ -1,4 +1,14 @@
 //! The softlan control plane: the JSON hello/welcome protocol spoken on the first
 //! bidirectional QUIC stream of every connection, its validation rules and framing.
 //!
+//! - [`msg`]: the messages and their validation.
+//! - [`codec`]: length-prefixed framing with an incremental decoder.
+//! - [`admission`]: the relay's room and admission policy, sans-IO.
+//! - [`runtime`]: the tokio control thread and its channels to the datapath thread.
+//!
 //! This crate sits above `lanparty-datapath` and below the binaries.
+
+pub mod admission;
+pub mod codec;
+pub mod msg;
+pub mod runtime;

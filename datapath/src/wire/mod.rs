@@ -5,3 +5,4 @@
 //! when the buffer is shorter than the header.
 
 pub mod ethernet;
+pub mod overlay;

@@ -1,0 +1,1 @@
+//! Room membership and admission decisions, sans-IO.

@@ -1,0 +1,1 @@
+//! The tokio control thread and its bounded channels to the datapath thread.

@@ -1,0 +1,1 @@
+//! Splitting frames into overlay fragments and reassembling them.

@@ -1,0 +1,1 @@
+//! The sans-IO QUIC driver around `quinn_proto` and its TLS configuration.

@@ -1,0 +1,1 @@
+//! Linux TUN and TAP devices.

@@ -1,0 +1,1 @@
+//! The io_uring UDP backend and the eventfd waker.
