@@ -1,5 +1,12 @@
 //! `lanparty-perf`: the one-machine LAN-party lab and the benchmark harness.
 
+mod bench;
+mod stats;
+#[allow(unsafe_code)]
+mod sys;
+
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 
 /// softlan lab and benchmarks.
@@ -15,12 +22,54 @@ enum Command {
     /// Build a whole LAN party on this machine from network namespaces (needs root).
     Lab,
     /// Run benchmarks, each against a baseline in the same run.
-    Bench,
+    Bench {
+        /// Which scenario.
+        #[arg(value_enum, default_value = "quic")]
+        scenario: Scenario,
+        /// Small counts and short runs (for CI).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Scenario {
+    Quic,
 }
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Lab => anyhow::bail!("the lab is not built yet"),
-        Command::Bench => anyhow::bail!("no benchmark is built yet"),
+        Command::Bench {
+            scenario: Scenario::Quic,
+            quick,
+        } => {
+            let secs = if quick { 1 } else { 5 };
+            let workload = bench::Workload {
+                sizes: vec![1400],
+                duration: Duration::from_secs(secs),
+            };
+            let t = bench::quinn_ref::throughput(&workload)?;
+            println!(
+                "quinn reference, 1400 B: {:.0} datagrams/s, {:.2} Gbit/s, send {:.0} ns/dgram, recv {:.0} ns/dgram, {:.0} dgrams per CPU-second, {} sent",
+                t.datagrams_per_sec(),
+                t.gbit_per_sec(),
+                t.send_ns_per_datagram(),
+                t.recv_ns_per_datagram(),
+                t.datagrams_per_cpu_sec(),
+                t.sent,
+            );
+            let count = if quick { 200 } else { 2000 };
+            let mut q = bench::quinn_ref::ping(count, 64)?;
+            let mut u = bench::udp_ref::ping(count, 64)?;
+            println!(
+                "ping 64 B median/p99: quinn {:?}/{:?}, plain UDP {:?}/{:?}",
+                stats::quantile(&mut q, 0.5).unwrap_or_default(),
+                stats::quantile(&mut q, 0.99).unwrap_or_default(),
+                stats::quantile(&mut u, 0.5).unwrap_or_default(),
+                stats::quantile(&mut u, 0.99).unwrap_or_default(),
+            );
+            anyhow::bail!("our own QUIC datapath is not in the benchmark yet")
+        }
     }
 }

@@ -1,0 +1,57 @@
+//! Benchmarks. Every scenario measures its baseline in the same run and reports ratios,
+//! because the machines they run on are shared and noisy.
+
+use std::time::Duration;
+
+pub(crate) mod quinn_ref;
+pub(crate) mod udp_ref;
+
+/// DATAGRAM send/receive buffer used by every QUIC stack under test (our driver's default).
+pub(crate) const DATAGRAM_BUFFER: usize = 64 * 1024;
+
+/// What a throughput run sends.
+#[derive(Debug, Clone)]
+pub(crate) struct Workload {
+    /// Datagram payload sizes, sent round-robin.
+    pub(crate) sizes: Vec<usize>,
+    /// How long the sender sends.
+    pub(crate) duration: Duration,
+}
+
+/// What a throughput run measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Throughput {
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) bytes: u64,
+    pub(crate) wall: Duration,
+    pub(crate) send_cpu: Duration,
+    pub(crate) recv_cpu: Duration,
+}
+
+impl Throughput {
+    /// Datagrams received per wall-clock second.
+    pub(crate) fn datagrams_per_sec(&self) -> f64 {
+        self.received as f64 / self.wall.as_secs_f64()
+    }
+
+    /// Payload Gbit/s received.
+    pub(crate) fn gbit_per_sec(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.wall.as_secs_f64() / 1e9
+    }
+
+    /// Sender CPU ns per received datagram.
+    pub(crate) fn send_ns_per_datagram(&self) -> f64 {
+        self.send_cpu.as_nanos() as f64 / self.received.max(1) as f64
+    }
+
+    /// Receiver CPU ns per received datagram.
+    pub(crate) fn recv_ns_per_datagram(&self) -> f64 {
+        self.recv_cpu.as_nanos() as f64 / self.received.max(1) as f64
+    }
+
+    /// Received datagrams per CPU-second of both sides together.
+    pub(crate) fn datagrams_per_cpu_sec(&self) -> f64 {
+        self.received as f64 / (self.send_cpu + self.recv_cpu).as_secs_f64().max(1e-9)
+    }
+}
