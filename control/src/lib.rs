@@ -4,11 +4,13 @@
 //! - [`msg`]: the messages and their validation.
 //! - [`codec`]: length-prefixed framing with an incremental decoder.
 //! - [`admission`]: the relay's room and admission policy, sans-IO.
+//! - [`link`]: join links (`lanparty://host:port/room?pin=…`).
 //! - [`runtime`]: the tokio control thread and its channels to the datapath thread.
 //!
 //! This crate sits above `lanparty-datapath` and below the binaries.
 
 pub mod admission;
 pub mod codec;
+pub mod link;
 pub mod msg;
 pub mod runtime;
