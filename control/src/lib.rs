@@ -5,6 +5,7 @@
 //! - [`codec`]: length-prefixed framing with an incremental decoder.
 //! - [`admission`]: the relay's room and admission policy, sans-IO.
 //! - [`link`]: join links (`lanparty://host:port/room?pin=…`).
+//! - [`logging`]: log output for the binaries.
 //! - [`runtime`]: the tokio control thread and its channels to the datapath thread.
 //!
 //! This crate sits above `lanparty-datapath` and below the binaries.
@@ -12,5 +13,6 @@
 pub mod admission;
 pub mod codec;
 pub mod link;
+pub mod logging;
 pub mod msg;
 pub mod runtime;
