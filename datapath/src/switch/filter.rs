@@ -98,7 +98,7 @@ fn check_ipv4(ip: &[u8], filters: ClientFilters) -> Result<(), DropReason> {
     };
     let header_len = usize::from(version_ihl & 0x0f) * 4;
     if version_ihl >> 4 != 4 || header_len < 20 {
-        return truncated;
+        return Err(DropReason::MalformedIp);
     }
     // Only the first fragment of an IPv4 datagram carries the UDP header.
     if flags_offset & 0x1fff != 0 || protocol != IPPROTO_UDP || !filters.dhcpv4 {
@@ -129,7 +129,10 @@ fn check_ipv6(ip: &[u8], filters: ClientFilters) -> Result<(), DropReason> {
     let (Some(&version), Some(&first_next)) = (ip.first(), ip.get(6)) else {
         return truncated;
     };
-    if version >> 4 != 6 || ip.len() < 40 {
+    if version >> 4 != 6 {
+        return Err(DropReason::MalformedIp);
+    }
+    if ip.len() < 40 {
         return truncated;
     }
     let mut next = first_next;

@@ -22,7 +22,7 @@
 //! 3. frames to 01:80:c2:00:00:00..=0f are dropped from anyone (`link_local_control`);
 //! 4. from a client: the source MAC must be its admitted MAC (`spoofed_source`), and the L3
 //!    filters run (`dhcpv4_server_from_client`, `dhcpv6_server_from_client`,
-//!    `router_advertisement_from_client`, `redirect_from_client`, `truncated_headers`); they
+//!    `router_advertisement_from_client`, `redirect_from_client`, `malformed_ip`, `truncated_headers`); they
 //!    look through VLAN tags and leave non-IP frames (IPX, 802.3/LLC/SNAP, ARP) alone;
 //! 5. from the gateway: a source MAC that belongs to a client of the room means a loop
 //!    (`loop_guard`);

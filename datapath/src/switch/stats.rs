@@ -22,6 +22,9 @@ pub enum DropReason {
     /// whole header chain in the first fragment), or an IPv6 extension-header chain too long
     /// to walk.
     TruncatedHeaders,
+    /// An IPv4/IPv6 frame from a client whose IP header is impossible (wrong version, IPv4
+    /// header length below 20 bytes).
+    MalformedIp,
     /// The frame (or the `total_len` of a fragment) is larger than the room's maximum frame.
     Oversize,
     /// A client sent a frame whose source MAC is not the MAC it was admitted with.
@@ -54,7 +57,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of reasons; the length of [`DropCounts`]' array.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// Every reason, in declaration order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -62,6 +65,7 @@ impl DropReason {
         Self::MalformedOverlay,
         Self::MalformedEthernet,
         Self::TruncatedHeaders,
+        Self::MalformedIp,
         Self::Oversize,
         Self::SpoofedSource,
         Self::Dhcpv4ServerFromClient,
@@ -82,6 +86,7 @@ impl DropReason {
             Self::MalformedOverlay => "malformed_overlay",
             Self::MalformedEthernet => "malformed_ethernet",
             Self::TruncatedHeaders => "truncated_headers",
+            Self::MalformedIp => "malformed_ip",
             Self::Oversize => "oversize",
             Self::SpoofedSource => "spoofed_source",
             Self::Dhcpv4ServerFromClient => "dhcpv4_server_from_client",
