@@ -68,6 +68,12 @@ impl Lab {
         self.datagram(from, &overlay::encode_whole(frame))
     }
 
+    /// The LAN host `mac` broadcasts through the gateway (and so gets learned).
+    fn announce(&mut self, mac: Mac) {
+        let frame = eth(Mac::BROADCAST, mac, EXPERIMENTAL);
+        assert_eq!(self.send(G, &frame).0, Verdict::Forward);
+    }
+
     fn drops(&self, reason: DropReason) -> u64 {
         self.room.stats().drops.get(reason)
     }
@@ -232,7 +238,7 @@ fn group_source_macs_are_not_learned() {
 #[test]
 fn frame_to_a_mac_behind_its_own_ingress_is_not_sent_back() {
     let mut lab = Lab::new();
-    lab.send(G, &eth(Mac::BROADCAST, LAN_1, EXPERIMENTAL));
+    lab.announce(LAN_1);
     assert_eq!(
         lab.send(G, &eth(LAN_1, LAN_2, EXPERIMENTAL)),
         dropped(DropReason::LocalDestination)
@@ -259,14 +265,14 @@ fn learned_lan_macs_age_out() {
     let mut lab = Lab::new();
     let start = lab.now;
     assert_eq!(lab.room.poll_timeout(), None);
-    lab.send(G, &eth(Mac::BROADCAST, LAN_1, EXPERIMENTAL));
-    lab.send(G, &eth(Mac::BROADCAST, LAN_2, EXPERIMENTAL));
+    lab.announce(LAN_1);
+    lab.announce(LAN_2);
     let deadline = lab.room.poll_timeout().expect("ageing is scheduled");
     assert!(deadline <= start + Duration::from_secs(300));
 
     // LAN_2 keeps talking; LAN_1 goes quiet.
     lab.advance(Duration::from_secs(200));
-    lab.send(G, &eth(Mac::BROADCAST, LAN_2, EXPERIMENTAL));
+    lab.announce(LAN_2);
     lab.advance(Duration::from_secs(99));
     assert_eq!(lab.send(A, &eth(LAN_1, MAC_A, EXPERIMENTAL)), forward(&[G]));
 
@@ -323,7 +329,7 @@ fn mac_table_cap() {
     lab.advance(Duration::from_secs(301));
     lab.room.handle_timeout(lab.now);
     assert_eq!(lab.room.learned_macs(), 0);
-    lab.send(G, &eth(Mac::BROADCAST, unlearned, EXPERIMENTAL));
+    lab.announce(unlearned);
     assert_eq!(
         lab.send(A, &eth(unlearned, MAC_A, EXPERIMENTAL)),
         forward(&[G])
@@ -333,7 +339,7 @@ fn mac_table_cap() {
 #[test]
 fn peer_leaving_removes_its_macs() {
     let mut lab = Lab::new();
-    lab.send(G, &eth(Mac::BROADCAST, LAN_1, EXPERIMENTAL));
+    lab.announce(LAN_1);
     assert_eq!(lab.room.mac_owner(LAN_1), Some(G));
 
     // B leaves: frames to its MAC become unknown unicast and never reach B.
@@ -419,7 +425,7 @@ fn admission_rules() {
 #[test]
 fn a_client_mac_replaces_a_learned_lan_mac() {
     let mut lab = Lab::new();
-    lab.send(G, &eth(Mac::BROADCAST, LAN_1, EXPERIMENTAL));
+    lab.announce(LAN_1);
     lab.room
         .add_peer(PeerId(4), Role::Client { mac: LAN_1 })
         .unwrap();
@@ -944,10 +950,22 @@ fn group_budget_is_configurable_and_can_be_off() {
 #[test]
 fn drops_are_counted_per_peer_and_per_room() {
     let mut lab = Lab::new();
-    lab.send(A, &eth(Mac::BROADCAST, MAC_B, EXPERIMENTAL));
-    lab.send(B, &eth(STP, MAC_B, 0x0026));
-    lab.send(G, &eth(MAC_A, MAC_B, EXPERIMENTAL));
-    lab.send(STRANGER, &eth(MAC_A, MAC_B, EXPERIMENTAL));
+    assert!(matches!(
+        lab.send(A, &eth(Mac::BROADCAST, MAC_B, EXPERIMENTAL)).0,
+        Verdict::Drop(_)
+    ));
+    assert!(matches!(
+        lab.send(B, &eth(STP, MAC_B, 0x0026)).0,
+        Verdict::Drop(_)
+    ));
+    assert!(matches!(
+        lab.send(G, &eth(MAC_A, MAC_B, EXPERIMENTAL)).0,
+        Verdict::Drop(_)
+    ));
+    assert!(matches!(
+        lab.send(STRANGER, &eth(MAC_A, MAC_B, EXPERIMENTAL)).0,
+        Verdict::Drop(_)
+    ));
     let room = lab.room.stats().drops;
     assert_eq!(room.total(), 4);
     assert_eq!(room.get(DropReason::SpoofedSource), 1);

@@ -350,7 +350,12 @@ impl Room {
                     Some(MacEntry::Client(owner)) => {
                         return Err(AddPeerError::MacInUse { mac, owner: *owner });
                     }
-                    Some(MacEntry::Learned { .. }) => self.learned -= 1,
+                    Some(MacEntry::Learned { .. }) => {
+                        self.learned -= 1;
+                        if self.learned == 0 {
+                            self.next_sweep = None;
+                        }
+                    }
                     None => {}
                 }
                 self.macs.insert(mac, MacEntry::Client(peer));
