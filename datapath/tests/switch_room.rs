@@ -1054,3 +1054,45 @@ fn ordinary_ip_traffic_from_clients_passes() {
     let game = udp4(Mac::BROADCAST, MAC_A, 27015, 27015, b"server browser ping");
     assert_eq!(lab.send(A, &game), forward(&[G, B]));
 }
+
+#[test]
+fn extreme_configuration_is_clamped_not_fatal() {
+    let mut lab = Lab::with_config(RoomConfig {
+        max_learned_macs: usize::MAX,
+        expected_peers: usize::MAX,
+        fragment_decisions: usize::MAX,
+        mac_age: Duration::MAX,
+        fragment_decision_ttl: Duration::MAX,
+        client_group_budget: Some(GroupBudget {
+            frames_per_second: 0,
+            burst: u32::MAX,
+        }),
+        ..RoomConfig::default()
+    });
+    lab.announce(LAN_1);
+    assert!(lab.room.poll_timeout().is_some());
+    let frags = fragments(&eth(MAC_B, MAC_A, EXPERIMENTAL), 1, 2);
+    assert_eq!(lab.datagram(A, &frags[0]), forward(&[B]));
+    assert_eq!(lab.datagram(A, &frags[1]), forward(&[B]));
+    assert_eq!(
+        lab.send(A, &eth(Mac::BROADCAST, MAC_A, EXPERIMENTAL)).0,
+        Verdict::Forward
+    );
+    assert_eq!(lab.room.config().fragment_decisions, 1 << 16);
+}
+
+#[test]
+fn a_zero_burst_blocks_every_group_frame() {
+    let mut lab = Lab::with_config(RoomConfig {
+        client_group_budget: Some(GroupBudget {
+            frames_per_second: 1000,
+            burst: 0,
+        }),
+        ..RoomConfig::default()
+    });
+    assert_eq!(
+        lab.send(A, &eth(Mac::BROADCAST, MAC_A, EXPERIMENTAL)),
+        dropped(DropReason::GroupBudget)
+    );
+    assert_eq!(lab.send(A, &eth(MAC_B, MAC_A, EXPERIMENTAL)), forward(&[B]));
+}

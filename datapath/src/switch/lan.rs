@@ -102,10 +102,10 @@ impl LanFilter {
         Self::with_capacity(64)
     }
 
-    /// A filter sized for `clients` remote clients.
+    /// A filter sized for `clients` remote clients (at most 65 536 up front).
     pub fn with_capacity(clients: usize) -> Self {
         Self {
-            remotes: HashSet::with_capacity(clients),
+            remotes: HashSet::with_capacity(clients.min(1 << 16)),
             ..Self::default()
         }
     }

@@ -66,6 +66,10 @@
 //! tool (tens of thousands of frames per second, each multiplied by the room's fan-out) is cut to
 //! 200 frames/s. SoftEther's default of 32/s tripped on plain mDNS. The gateway carries a whole
 //! LAN's chatter, so its default budget is ten times larger (2000/s, burst 5000).
+//!
+//! Unknown unicast floods are not budgeted, as on a hardware switch: a LAN host that only
+//! receives (say, a UDP stream sink) stays unknown, and throttling its traffic to 200 frames/s
+//! would break it. A client could reach the same fan-out by sending unicast to every peer.
 
 mod decisions;
 mod filter;
@@ -88,6 +92,10 @@ use crate::wire::overlay::{Datagram, Header};
 
 /// Least time between two sweeps of the MAC table.
 const SWEEP_GRANULARITY: Duration = Duration::from_secs(1);
+/// Most entries any table is sized for up front, whatever the configuration says.
+const MAX_PRESIZE: usize = 1 << 16;
+/// Longest duration a room uses (so that `now + duration` cannot overflow).
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The relay's identifier for a connection admitted into a room (the control plane uses the
 /// same numbers).
@@ -142,7 +150,8 @@ pub struct RoomConfig {
     /// Largest Ethernet frame (without FCS) the room carries: 1522 fits a 1500-byte payload
     /// with two VLAN tags.
     pub max_frame_len: usize,
-    /// How long a learned MAC lives after it was last seen as a source (300 s, like 802.1D).
+    /// How long a learned MAC lives after it was last seen as a source (300 s, like 802.1D; at
+    /// most one day).
     pub mac_age: Duration,
     /// Most MACs learned behind the gateway (4096).
     pub max_learned_macs: usize,
@@ -152,9 +161,9 @@ pub struct RoomConfig {
     pub client_group_budget: Option<GroupBudget>,
     /// Broadcast/multicast budget of the gateway; `None` disables it.
     pub gateway_group_budget: Option<GroupBudget>,
-    /// Fragment decisions remembered at once (1024).
+    /// Fragment decisions remembered at once (1024; clamped to 1..=65 536).
     pub fragment_decisions: usize,
-    /// How long fragments 1.. may follow fragment 0 (2 s).
+    /// How long fragments 1.. may follow fragment 0 (2 s; at most one day).
     pub fragment_decision_ttl: Duration,
     /// Drop client frames whose source is not the client's MAC.
     pub drop_spoofed_source: bool,
@@ -308,15 +317,24 @@ pub struct Room {
 }
 
 impl Room {
-    /// An empty room with `config`.
-    pub fn new(config: RoomConfig) -> Self {
+    /// An empty room with `config`, its tables sized up front.
+    ///
+    /// Out-of-range knobs are clamped rather than rejected: `fragment_decisions` to
+    /// 1..=65 536, `mac_age` and `fragment_decision_ttl` to at most one day; tables are
+    /// pre-sized for at most 65 536 entries (a larger `max_learned_macs` still works, but the
+    /// MAC table then grows, and allocates, as it fills).
+    pub fn new(mut config: RoomConfig) -> Self {
+        config.fragment_decisions = config.fragment_decisions.clamp(1, MAX_PRESIZE);
+        config.mac_age = config.mac_age.min(MAX_DURATION);
+        config.fragment_decision_ttl = config.fragment_decision_ttl.min(MAX_DURATION);
         let decisions = DecisionCache::new(config.fragment_decisions, config.fragment_decision_ttl);
         Self {
-            peers: HashMap::with_capacity(config.expected_peers),
+            peers: HashMap::with_capacity(config.expected_peers.min(MAX_PRESIZE)),
             macs: HashMap::with_capacity(
                 config
                     .max_learned_macs
-                    .saturating_add(config.expected_peers),
+                    .saturating_add(config.expected_peers)
+                    .min(MAX_PRESIZE),
             ),
             gateway: None,
             learned: 0,
@@ -420,9 +438,9 @@ impl Room {
             self.stats.drops.bump(DropReason::UnknownIngress);
             return Verdict::Drop(DropReason::UnknownIngress);
         };
-        peer.stats.datagrams_in += 1;
-        peer.stats.bytes_in += datagram.len() as u64;
         let len = datagram.len() as u64;
+        peer.stats.datagrams_in += 1;
+        peer.stats.bytes_in += len;
         let decision = self.decide(now, ingress, datagram);
         match decision {
             Decision::Drop(reason) => {
@@ -470,11 +488,11 @@ impl Room {
         };
         match datagram.header() {
             Header::Whole => {
+                self.count_frame_in(ingress);
                 let frame = datagram.payload();
                 if frame.len() > self.config.max_frame_len {
                     return Decision::Drop(DropReason::Oversize);
                 }
-                self.count_frame_in(ingress);
                 self.decide_frame(now, ingress, frame)
             }
             Header::Fragment {
@@ -483,6 +501,9 @@ impl Room {
                 count,
                 total_len,
             } => {
+                if index == 0 {
+                    self.count_frame_in(ingress);
+                }
                 if usize::from(total_len) > self.config.max_frame_len {
                     return Decision::Drop(DropReason::Oversize);
                 }
@@ -493,7 +514,6 @@ impl Room {
                         Lookup::Orphan => Decision::Drop(DropReason::OrphanFragment),
                     };
                 }
-                self.count_frame_in(ingress);
                 let decision = self.decide_frame(now, ingress, datagram.payload());
                 if self.decisions.insert(now, key, decision, count, total_len) {
                     self.stats.fragment_decisions_evicted += 1;
