@@ -76,16 +76,29 @@ fn datagram() -> impl Strategy<Value = Vec<u8>> {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Datagram { from: u64, bytes: Vec<u8> },
-    Join { peer: u64, gateway: bool, mac: u8 },
-    Leave { peer: u64 },
-    Wait { millis: u64 },
+    Datagram {
+        from: u64,
+        bytes: Vec<u8>,
+        honest: bool,
+    },
+    Join {
+        peer: u64,
+        gateway: bool,
+        mac: u8,
+    },
+    Leave {
+        peer: u64,
+    },
+    Wait {
+        millis: u64,
+    },
     Timeout,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        20 => (0u64..8, datagram()).prop_map(|(from, bytes)| Op::Datagram { from, bytes }),
+        20 => (0u64..8, datagram(), any::<bool>())
+            .prop_map(|(from, bytes, honest)| Op::Datagram { from, bytes, honest }),
         2 => (0u64..8, any::<bool>(), 0u8..6)
             .prop_map(|(peer, gateway, mac)| Op::Join { peer, gateway, mac }),
         1 => (0u64..8).prop_map(|peer| Op::Leave { peer }),
@@ -95,7 +108,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn arbitrary_datagrams_never_leave_the_room_or_go_back(
@@ -109,14 +122,34 @@ proptest! {
             client_group_budget: Some(GroupBudget { frames_per_second: 5, burst: 3 }),
             ..RoomConfig::default()
         });
+        // Start with a gateway and two clients so that most datagrams meet a populated room.
         let mut members: HashSet<PeerId> = HashSet::new();
+        for (peer, role) in [
+            (PeerId(1), Role::Gateway),
+            (PeerId(2), Role::Client { mac: Mac([0x02, 0, 0, 0, 0, 2]) }),
+            (PeerId(3), Role::Client { mac: Mac([0x02, 0, 0, 0, 0, 3]) }),
+        ] {
+            room.add_peer(peer, role).unwrap();
+            members.insert(peer);
+        }
         let mut now = Instant::now();
         let mut out = Vec::new();
         let mut drops = 0u64;
         for op in ops {
             match op {
-                Op::Datagram { from, bytes } => {
+                Op::Datagram { from, mut bytes, honest } => {
                     let ingress = PeerId(from);
+                    if let (true, Some(Role::Client { mac })) = (honest, room.role(ingress)) {
+                        // Most client traffic carries the client's own source MAC.
+                        let start = match bytes.first() {
+                            Some(0x10) => 1,
+                            Some(0x11) => 6,
+                            _ => 0,
+                        };
+                        if let Some(src) = bytes.get_mut(start + 6..start + 12) {
+                            src.copy_from_slice(&mac.0);
+                        }
+                    }
                     let verdict = room.handle_datagram(now, ingress, &bytes, &mut out);
                     match verdict {
                         Verdict::Forward => {
