@@ -284,6 +284,63 @@ mod tests {
         );
     }
 
+    const IPV6_HEADER_TO_ALL_NODES: &str = "333300000001 020000000001 86dd 60000000 0010";
+    const IPV6_ADDRESSES: &str =
+        "fe800000000000000000000000000001 ff020000000000000000000000000001";
+
+    #[test]
+    fn ipv6_later_fragments_pass_and_first_fragments_are_checked() {
+        // Fragment header (next header UDP), offset 1: no UDP header follows.
+        let later = bytes(&format!(
+            "{IPV6_HEADER_TO_ALL_NODES} 2cff {IPV6_ADDRESSES} 1100 0009 00000001 0223 0222 0000"
+        ));
+        assert_eq!(check_client_frame(&later, ALL), Ok(()));
+        // Offset 0: the UDP header (547 -> 546) is right there.
+        let first = bytes(&format!(
+            "{IPV6_HEADER_TO_ALL_NODES} 2cff {IPV6_ADDRESSES} 1100 0001 00000001 0223 0222 0000"
+        ));
+        assert_eq!(
+            check_client_frame(&first, ALL),
+            Err(DropReason::Dhcpv6ServerFromClient)
+        );
+    }
+
+    #[test]
+    fn overlong_extension_header_chains_are_not_trusted() {
+        // Nine destination-options headers in a row, then ICMPv6.
+        let chain = "3c00 000000000000 ".repeat(8) + "3a00 000000000000 8600 0000";
+        let frame = bytes(&format!(
+            "{IPV6_HEADER_TO_ALL_NODES} 3cff {IPV6_ADDRESSES} {chain}"
+        ));
+        assert_eq!(
+            check_client_frame(&frame, ALL),
+            Err(DropReason::TruncatedHeaders)
+        );
+        // Two are walked fine.
+        let chain = "3c00 000000000000 ".repeat(1) + "3a00 000000000000 8600 0000";
+        let frame = bytes(&format!(
+            "{IPV6_HEADER_TO_ALL_NODES} 3cff {IPV6_ADDRESSES} {chain}"
+        ));
+        assert_eq!(
+            check_client_frame(&frame, ALL),
+            Err(DropReason::RouterAdvertisementFromClient)
+        );
+    }
+
+    #[test]
+    fn wrong_ip_version_is_malformed() {
+        let frame = bytes("ffffffffffff 020000000001 0800 65000030 0000 0000 4011 0000");
+        assert_eq!(
+            check_client_frame(&frame, ALL),
+            Err(DropReason::MalformedIp)
+        );
+        let frame = bytes("ffffffffffff 020000000001 86dd 40000000 0000 11ff");
+        assert_eq!(
+            check_client_frame(&frame, ALL),
+            Err(DropReason::MalformedIp)
+        );
+    }
+
     #[test]
     fn udp_header_cut_off_is_truncated() {
         let frame = bytes(
