@@ -317,7 +317,7 @@ mod tests {
             Err(DropReason::TruncatedHeaders)
         );
         // Two are walked fine.
-        let chain = "3c00 000000000000 ".repeat(1) + "3a00 000000000000 8600 0000";
+        let chain = "3c00 000000000000 3a00 000000000000 8600 0000";
         let frame = bytes(&format!(
             "{IPV6_HEADER_TO_ALL_NODES} 3cff {IPV6_ADDRESSES} {chain}"
         ));
