@@ -1,1 +1,0 @@
-//! The relay switch: per-room MAC table, flooding and L2 safety filters.
