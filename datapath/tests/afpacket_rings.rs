@@ -449,7 +449,8 @@ fn gro_on_a_nic_is_reported() {
         .output()
         .is_err()
     {
-        println!("gro_on_a_nic_is_reported: skipped: needs ethtool");
+        let line = "gro_on_a_nic_is_reported: skipped: needs ethtool\n";
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         return;
     }
     let p = pair("nic");
@@ -500,4 +501,38 @@ fn a_full_rx_ring_reports_kernel_drops() {
     // What did arrive is intact and in order.
     let seqs: Vec<u64> = got.iter().map(|f| seq_of(f)).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
+
+#[test]
+fn vlan_tags_stripped_by_the_kernel_are_reported_and_restorable() {
+    if !netns::require_root("vlan_tags_stripped_by_the_kernel_are_reported_and_restorable") {
+        return;
+    }
+    let p = pair("vlan");
+    let mut ring = ring_in(&p.b, "lpb", &RingConfig::default());
+    let mut sender = socket_in(&p.a, "lpa");
+    // 802.1Q tag: priority 3, VLAN 100; inner EtherType 0x88b5.
+    let mut tagged = vec![0xff; 6];
+    tagged.extend_from_slice(&SENDER);
+    tagged.extend_from_slice(&[0x81, 0x00, 0x60, 0x64, 0x88, 0xb5]);
+    tagged.extend((0..60).map(|i| i as u8));
+    sender.send(&tagged).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = None;
+    while seen.is_none() && Instant::now() < deadline {
+        ring.wait_rx(Duration::from_millis(20)).unwrap();
+        ring.drain(usize::MAX, |f| {
+            if f.data().get(6..12) == Some(&SENDER[..]) {
+                let mut out = vec![0; f.tagged_len()];
+                f.copy_tagged(&mut out).unwrap();
+                seen = Some((f.vlan(), f.data().to_vec(), out));
+            }
+        });
+    }
+    let (vlan, data, restored) = seen.expect("tagged frame received");
+    let vlan = vlan.expect("kernel reported the stripped tag");
+    assert_eq!((vlan.tpid, vlan.tci), (0x8100, 0x6064));
+    assert_eq!(data[12..14], [0x88, 0xb5], "ring data is untagged");
+    assert_eq!(restored, tagged, "copy_tagged restores the wire frame");
 }

@@ -168,3 +168,19 @@ fn run_in_creates_sockets_inside_the_namespace() {
         .unwrap();
     assert!(in_b.is_err());
 }
+
+#[test]
+fn sysctls_are_set_per_namespace() {
+    if !netns::require_root("sysctls_are_set_per_namespace") {
+        return;
+    }
+    let a = Netns::create("sysctl").unwrap();
+    let b = Netns::create("sysctl").unwrap();
+    a.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
+    assert_eq!(a.sysctl("net.ipv4.ip_forward").unwrap(), "1");
+    assert_eq!(b.sysctl("net.ipv4.ip_forward").unwrap(), "0");
+    assert!(matches!(
+        a.set_sysctl("kernel.hostname", "x"),
+        Err(NetnsError::InvalidName { .. })
+    ));
+}

@@ -524,6 +524,20 @@ impl PacketRing {
         self.rx.next_block()
     }
 
+    /// Hands every frame of up to `max_blocks` ready blocks to `on_frame`, returning each block
+    /// to the kernel after its last frame. Returns the number of frames. Does not wait.
+    pub fn drain(&mut self, max_blocks: usize, mut on_frame: impl FnMut(RxFrame<'_>)) -> usize {
+        let mut frames = 0;
+        for _ in 0..max_blocks {
+            let Some(block) = self.rx.next_block() else {
+                break;
+            };
+            frames += block.len();
+            block.frames().for_each(&mut on_frame);
+        }
+        frames
+    }
+
     /// Waits up to `timeout` for the socket to become readable (a block is ready). Returns
     /// whether it did.
     ///
@@ -881,5 +895,77 @@ impl AsFd for PacketSocket {
 impl AsRawFd for PacketSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_error_says_how_to_grant_cap_net_raw() {
+        let e = AfPacketError::PermissionDenied {
+            exe: "/usr/bin/lanparty-gateway".into(),
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("run as root or grant CAP_NET_RAW"), "{msg}");
+        assert!(
+            msg.contains("setcap cap_net_raw+ep /usr/bin/lanparty-gateway"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn default_ring_config_is_valid_and_retires_blocks_after_a_millisecond() {
+        let c = RingConfig::default();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.block_timeout_ms, 1);
+        assert!(c.promiscuous && c.ignore_outgoing && c.qdisc_bypass);
+    }
+
+    #[test]
+    fn ring_geometry_is_checked() {
+        let bad = [
+            RingConfig {
+                rx_block_size: 5000,
+                ..RingConfig::default()
+            },
+            RingConfig {
+                rx_block_count: 0,
+                ..RingConfig::default()
+            },
+            RingConfig {
+                rx_frame_size: 100,
+                ..RingConfig::default()
+            },
+            RingConfig {
+                tx_frame_size: 3000,
+                ..RingConfig::default()
+            },
+            RingConfig {
+                tx_block_size: 100,
+                ..RingConfig::default()
+            },
+        ];
+        for c in bad {
+            assert!(
+                matches!(c.validate(), Err(AfPacketError::Config(_))),
+                "{c:?}"
+            );
+        }
+        let no_tx = RingConfig {
+            tx_block_count: 0,
+            tx_block_size: 0,
+            ..RingConfig::default()
+        };
+        assert!(no_tx.validate().is_ok());
+    }
+
+    #[test]
+    fn interface_names_are_bounded_for_ifreq() {
+        assert!(ifreq_for("lp0123456789abc").is_ok());
+        assert!(ifreq_for("lp0123456789abcd").is_err());
+        assert!(ifreq_for("").is_err());
+        assert!(ifreq_for("a\0b").is_err());
     }
 }

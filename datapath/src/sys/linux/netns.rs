@@ -104,13 +104,17 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Returns `true` when the process is root; otherwise prints `skipped: needs root` with the test
-/// name and returns `false`, so a test can `if !require_root("name") { return; }`.
+/// Returns `true` when the process is root; otherwise prints `<test_name>: skipped: needs root`
+/// on stderr (uncaptured, so it shows in every test run) and returns `false`, so a test can `if !require_root("name") { return; }`.
 pub fn require_root(test_name: &str) -> bool {
     if is_root() {
         true
     } else {
-        println!("{test_name}: skipped: needs root (network namespaces, AF_PACKET, TUN/TAP)");
+        // Written straight to stderr: the test harness captures `println!`, and a skip must be
+        // visible in every run.
+        let line =
+            format!("{test_name}: skipped: needs root (network namespaces, AF_PACKET, TUN/TAP)\n");
+        let _ = io::Write::write_all(&mut io::stderr(), line.as_bytes());
         false
     }
 }
@@ -170,6 +174,22 @@ fn check_ifname(name: &str) -> Result<(), NetnsError> {
         name: name.to_owned(),
         reason,
     })
+}
+
+/// Maps a dotted network sysctl key to its `/proc/sys` path. `/proc/sys/net` shows the
+/// namespace of the thread that opens it.
+fn sysctl_path(key: &str) -> Result<std::path::PathBuf, NetnsError> {
+    let ok = key.starts_with("net.")
+        && key
+            .split('.')
+            .all(|part| !part.is_empty() && !part.contains('/') && part != "..");
+    if !ok {
+        return Err(NetnsError::InvalidName {
+            name: key.to_owned(),
+            reason: "sysctl keys here are dotted names under net.",
+        });
+    }
+    Ok(std::path::Path::new("/proc/sys").join(key.replace('.', "/")))
 }
 
 /// Parses the creating pid out of a namespace name of the shape `lp<tag>-<pid>-<seq>`.
@@ -326,6 +346,37 @@ impl Netns {
         check_ifname(ifname)?;
         self.ip(&["link", "set", ifname, "address", &mac.to_string()])
             .map(drop)
+    }
+
+    /// Writes `value` to the network sysctl `key` (dotted, e.g. `net.ipv4.ip_forward` or
+    /// `net.ipv6.conf.all.disable_ipv6`) inside this namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`NetnsError::InvalidName`] for a key outside `net.` or with path characters,
+    /// [`NetnsError::Enter`] when the namespace cannot be entered or the write fails.
+    pub fn set_sysctl(&self, key: &str, value: &str) -> Result<(), NetnsError> {
+        let path = sysctl_path(key)?;
+        self.run_in(|| std::fs::write(&path, value))?
+            .map_err(|source| NetnsError::Enter {
+                name: format!("{} (writing {key})", self.name),
+                source,
+            })
+    }
+
+    /// Reads the network sysctl `key` inside this namespace (trimmed).
+    ///
+    /// # Errors
+    ///
+    /// As [`set_sysctl`](Self::set_sysctl).
+    pub fn sysctl(&self, key: &str) -> Result<String, NetnsError> {
+        let path = sysctl_path(key)?;
+        self.run_in(|| std::fs::read_to_string(&path))?
+            .map(|v| v.trim().to_owned())
+            .map_err(|source| NetnsError::Enter {
+                name: format!("{} (reading {key})", self.name),
+                source,
+            })
     }
 
     /// A [`Command`] that runs `program` inside the namespace via `ip netns exec`.

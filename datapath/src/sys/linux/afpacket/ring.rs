@@ -420,6 +420,31 @@ impl<'b> RxFrame<'b> {
     pub fn timestamp(&self) -> (u32, u32) {
         (self.sec, self.nsec)
     }
+
+    /// The length of the frame as it was on the wire, counting a stripped VLAN tag: what
+    /// [`copy_tagged`](Self::copy_tagged) writes.
+    pub fn tagged_len(&self) -> usize {
+        self.data.len() + if self.vlan.is_some() { 4 } else { 0 }
+    }
+
+    /// Copies the frame into `out` with the stripped VLAN tag (if any) put back after the source
+    /// MAC, restoring the frame as it was on the wire. Returns the bytes written, or `None` when
+    /// `out` is shorter than [`tagged_len`](Self::tagged_len) or the frame has no MAC header.
+    pub fn copy_tagged(&self, out: &mut [u8]) -> Option<usize> {
+        let len = self.tagged_len();
+        let out = out.get_mut(..len)?;
+        match self.vlan {
+            None => out.copy_from_slice(self.data),
+            Some(tag) => {
+                let (macs, rest) = (self.data.get(..12)?, &self.data[12..]);
+                out[..12].copy_from_slice(macs);
+                out[12..14].copy_from_slice(&tag.tpid.to_be_bytes());
+                out[14..16].copy_from_slice(&tag.tci.to_be_bytes());
+                out[16..].copy_from_slice(rest);
+            }
+        }
+        Some(len)
+    }
 }
 
 /// Why a frame could not be queued on the TX ring.
@@ -775,6 +800,27 @@ mod tests {
         drop(frames);
         drop(blk);
         assert_eq!(ring.counters().truncated, 2);
+    }
+
+    #[test]
+    fn a_stripped_vlan_tag_is_put_back_after_the_source_mac() {
+        let (mut kernel, mut ring) = FakeRxKernel::new(2);
+        let untagged: Vec<u8> = (0..64).collect();
+        assert!(kernel.retire(&[(&untagged, 64, STATUS_VLAN_VALID), (&untagged, 64, 0)]));
+        let blk = ring.next_block().unwrap();
+        let mut frames = blk.frames();
+        let tagged = frames.next().unwrap();
+        assert_eq!(tagged.tagged_len(), 68);
+        let mut out = [0u8; 100];
+        assert_eq!(tagged.copy_tagged(&mut out[..67]), None);
+        assert_eq!(tagged.copy_tagged(&mut out), Some(68));
+        assert_eq!(out[..12], untagged[..12]);
+        // The fake kernel reports TCI 42 and no TPID, which means 802.1Q.
+        assert_eq!(out[12..16], [0x81, 0x00, 0x00, 42]);
+        assert_eq!(out[16..68], untagged[12..]);
+        let plain = frames.next().unwrap();
+        assert_eq!(plain.copy_tagged(&mut out), Some(64));
+        assert_eq!(out[..64], untagged[..]);
     }
 
     #[test]
