@@ -338,6 +338,18 @@ fn bind_checked(fd: BorrowedFd<'_>, ifindex: u32, ifname: &str) -> Result<(), Af
     Ok(())
 }
 
+/// The MTU of `ifname` (`SIOCGIFMTU` on any socket of the interface's namespace).
+fn if_mtu(fd: BorrowedFd<'_>, ifname: &str) -> io::Result<u32> {
+    let mut req = ifreq_for(ifname)?;
+    // SAFETY: `req` is a valid ifreq naming the interface; the kernel fills ifru_mtu.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFMTU filled the mtu member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
 fn join_promiscuous(fd: BorrowedFd<'_>, ifindex: u32) -> io::Result<()> {
     let mreq = libc::packet_mreq {
         mr_ifindex: ifindex as i32,
@@ -439,6 +451,10 @@ impl PacketRing {
         let version = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
         setsockopt(b, libc::SOL_PACKET, libc::PACKET_VERSION, &version)
             .map_err(io_err("PACKET_VERSION TPACKET_V3"))?;
+        // A malformed TX frame is skipped instead of stalling the ring at its slot. Must precede
+        // the rings (EBUSY afterwards).
+        let one: libc::c_int = 1;
+        setsockopt(b, libc::SOL_PACKET, libc::PACKET_LOSS, &one).map_err(io_err("PACKET_LOSS"))?;
         let rx_req = libc::tpacket_req3 {
             tp_block_size: config.rx_block_size,
             tp_block_nr: config.rx_block_count,
@@ -464,7 +480,6 @@ impl PacketRing {
             setsockopt(b, libc::SOL_PACKET, libc::PACKET_TX_RING, &tx_req)
                 .map_err(io_err("PACKET_TX_RING"))?;
         }
-        let one: libc::c_int = 1;
         if config.qdisc_bypass {
             setsockopt(b, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)
                 .map_err(io_err("PACKET_QDISC_BYPASS"))?;
@@ -483,7 +498,7 @@ impl PacketRing {
             config.rx_block_size as usize,
             config.rx_block_count as usize,
         );
-        let tx = (config.tx_block_count > 0).then(|| {
+        let mut tx = (config.tx_block_count > 0).then(|| {
             TxRing::new(
                 Arc::clone(&mem),
                 config.rx_len(),
@@ -493,6 +508,11 @@ impl PacketRing {
         });
         drop(mem);
         bind_checked(b, ifindex, &ifname)?;
+        if let Some(tx) = tx.as_mut() {
+            // The kernel refuses frames above MTU + Ethernet header + one VLAN tag.
+            let mtu = if_mtu(b, &ifname).map_err(io_err("SIOCGIFMTU"))?;
+            tx.limit_frame(mtu as usize + 14 + 4);
+        }
         if config.promiscuous {
             join_promiscuous(b, ifindex).map_err(io_err("PACKET_ADD_MEMBERSHIP promiscuous"))?;
         }
@@ -557,7 +577,8 @@ impl PacketRing {
         poll_fd(self.fd.as_fd(), libc::POLLOUT, timeout)
     }
 
-    /// Largest frame a TX slot holds, or 0 without a TX ring.
+    /// Largest frame the TX ring accepts: the slot capacity, capped at the interface MTU + 18
+    /// (Ethernet header and one VLAN tag) as read at open; 0 without a TX ring.
     pub fn max_tx_frame(&self) -> usize {
         self.tx.as_ref().map_or(0, TxRing::max_frame)
     }

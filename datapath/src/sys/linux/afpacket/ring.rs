@@ -487,6 +487,8 @@ pub(crate) struct TxRing {
     offset: usize,
     frame_size: usize,
     frame_count: usize,
+    /// Largest frame accepted; at most the slot capacity.
+    limit: usize,
     next: usize,
     pending: usize,
     counters: TxCounters,
@@ -519,15 +521,22 @@ impl TxRing {
             offset,
             frame_size,
             frame_count,
+            limit: frame_size - pkt::HDR_LEN,
             next: 0,
             pending: 0,
             counters: TxCounters::default(),
         }
     }
 
-    /// Largest frame a slot holds.
+    /// Largest frame accepted.
     pub(crate) fn max_frame(&self) -> usize {
-        self.frame_size - pkt::HDR_LEN
+        self.limit
+    }
+
+    /// Lowers the largest accepted frame to `limit` (never above the slot capacity): the kernel
+    /// rejects frames longer than the device MTU allows, and a rejected slot must not reach it.
+    pub(crate) fn limit_frame(&mut self, limit: usize) {
+        self.limit = limit.min(self.frame_size - pkt::HDR_LEN);
     }
 
     pub(crate) fn counters(&self) -> TxCounters {
@@ -937,6 +946,14 @@ mod tests {
         );
         assert_eq!(ring.counters().too_large, 1);
         assert_eq!(ring.pending(), 0);
+        ring.limit_frame(100);
+        assert_eq!(
+            push(&mut ring, &[0; 101]),
+            Err(TxError::TooLarge { len: 101, max: 100 })
+        );
+        push(&mut ring, &[0; 100]).unwrap();
+        ring.limit_frame(10_000);
+        assert_eq!(ring.max_frame(), 208, "never above the slot capacity");
     }
 
     #[test]
