@@ -441,8 +441,8 @@ fn plain_socket_receives_batches_from_the_peer() {
 }
 
 #[test]
-fn gro_on_a_nic_is_reported() {
-    if !netns::require_root("gro_on_a_nic_is_reported") {
+fn gro_and_vlan_offload_on_a_nic_are_reported() {
+    if !netns::require_root("gro_and_vlan_offload_on_a_nic_are_reported") {
         return;
     }
     if std::process::Command::new("ethtool")
@@ -450,7 +450,7 @@ fn gro_on_a_nic_is_reported() {
         .output()
         .is_err()
     {
-        let line = "gro_on_a_nic_is_reported: skipped: needs ethtool\n";
+        let line = "gro_and_vlan_offload_on_a_nic_are_reported: skipped: needs ethtool\n";
         let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         return;
     }
@@ -468,6 +468,20 @@ fn gro_on_a_nic_is_reported() {
     let off = p.a.run_in(|| nic_warnings("lpa")).unwrap();
     assert!(!gro(&off), "{off:?}");
     assert!(on[0].to_string().contains("ethtool -K lpa gro off"));
+
+    let vlan = |w: &Vec<NicWarning>| {
+        w.iter()
+            .any(|w| matches!(w, NicWarning::RxVlanOffload { .. }))
+    };
+    let rxvlan = |state: &str| {
+        let out =
+            p.a.exec(&["ethtool", "-K", "lpa", "rxvlan", state])
+                .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        p.a.run_in(|| nic_warnings("lpa")).unwrap()
+    };
+    assert!(vlan(&rxvlan("on")));
+    assert!(!vlan(&rxvlan("off")));
 }
 
 #[test]

@@ -87,13 +87,32 @@ pub fn nic_warnings(ifname: &str) -> Vec<NicWarning> {
             }
         }
     }
-    if is_wireless(ifname) {
+    let wext = sock_wireless(ifname);
+    if wext || is_wireless(ifname) {
         out.push(NicWarning::Wireless { ifname: owned() });
     }
     out
 }
 
-/// Whether sysfs describes `ifname` as a Wi-Fi interface.
+/// Whether `ifname` answers the wireless-extensions `SIOCGIWNAME` query. Unlike sysfs, this
+/// works in the calling thread's network namespace.
+fn sock_wireless(ifname: &str) -> bool {
+    /// `SIOCGIWNAME`: get the wireless protocol name.
+    const SIOCGIWNAME: libc::c_ulong = 0x8b01;
+    let Ok(sock) = ioctl_socket() else {
+        return false;
+    };
+    let Ok(mut req) = super::ifreq_for(ifname) else {
+        return false;
+    };
+    // SAFETY: `req` is a valid ifreq naming the interface and larger than the `iwreq` the
+    // kernel writes (name plus a 16-byte union).
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIWNAME, &mut req) };
+    rc == 0
+}
+
+/// Whether sysfs describes `ifname` as a Wi-Fi interface. sysfs shows the network namespace it
+/// was mounted in, normally the host's.
 pub fn is_wireless(ifname: &str) -> bool {
     if ifname.contains('/') || ifname.starts_with('.') {
         return false;
