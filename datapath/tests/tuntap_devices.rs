@@ -241,6 +241,12 @@ fn tap_gets_ipv6_address_and_disappears_on_drop() {
     let index = tap.ifindex().unwrap();
     assert!(index > 0);
     drop(tap);
+    // A process forked by a concurrent test may hold the descriptor until its exec closes it,
+    // so the removal can lag the drop by a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while ns.ip(&["link", "show", "lptap2"]).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         ns.ip(&["link", "show", "lptap2"]).is_err(),
         "device removed on drop"

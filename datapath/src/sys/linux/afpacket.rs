@@ -11,6 +11,12 @@
 //!   [`PacketRing::flush`] kicks the kernel once per batch with `send(fd, NULL, 0, 0)`. The
 //!   socket is non-blocking, so the kick never waits for the frames to leave. The same socket
 //!   uses TPACKET_V3 for both rings (V3 TX slots are fixed-size `tpacket3_hdr` frames).
+//!   `PACKET_LOSS` makes the kernel skip a frame it rejects instead of stalling the ring at that
+//!   slot, and frames above the interface MTU + 18 are refused (and counted) before they reach
+//!   a slot.
+//! - VLAN: Linux strips 802.1Q tags before packet sockets see a frame, whatever the NIC does,
+//!   and reports the tag in the ring header; [`RxFrame::vlan`] exposes it and
+//!   [`RxFrame::copy_tagged`] rebuilds the frame as it was on the wire.
 //! - Promiscuous membership (`PACKET_ADD_MEMBERSHIP`, dropped with the socket),
 //!   `PACKET_IGNORE_OUTGOING` so nothing sent from this host is read back, and
 //!   `PACKET_QDISC_BYPASS` so TX frames skip the qdisc layer.
