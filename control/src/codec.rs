@@ -554,3 +554,6 @@ mod tests {
         assert!(!err.to_reject().reason.contains("correct horse"));
     }
 }
+
+#[cfg(test)]
+mod proptests;
