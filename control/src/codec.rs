@@ -240,7 +240,7 @@ fn explain_data_error(text: &str, e: serde_json::Error) -> DecodeError {
         // Not even an object with a string "type" (an array, a number, "type": 5, ...).
         return DecodeError::Schema {
             kind: "unknown",
-            reason: e.to_string(),
+            reason: redacted(text, e.to_string()),
         };
     };
     let Some(kind) = probe.kind.as_deref().and_then(known_type) else {
@@ -255,9 +255,29 @@ fn explain_data_error(text: &str, e: serde_json::Error) -> DecodeError {
         }
         _ => DecodeError::Schema {
             kind,
-            reason: e.to_string(),
+            reason: redacted(text, e.to_string()),
         },
     }
+}
+
+/// serde_json quotes the offending value in some errors ("invalid type: integer `1234`"); a
+/// secret of the wrong JSON type must not reach the reason, which gets logged and sent.
+fn redacted(text: &str, mut reason: String) -> String {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(text)
+    else {
+        return reason;
+    };
+    for key in ["secret", "gateway_token"] {
+        let shown = match fields.get(key) {
+            None | Some(serde_json::Value::Null) => continue,
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+        if !shown.is_empty() && reason.contains(&shown) {
+            reason = reason.replace(&shown, "<redacted>");
+        }
+    }
+    reason
 }
 
 /// Incremental decoder of a control stream. See the [module docs](self).
@@ -544,6 +564,27 @@ mod tests {
                 "{err}"
             );
             assert_eq!(err.reject_code(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn schema_errors_never_quote_a_secret_of_the_wrong_type() {
+        for (from, to) in [
+            (r#""secret":"correct horse""#, r#""secret":987654321"#),
+            (r#""secret":"correct horse""#, r#""secret":["hush-hush-1"]"#),
+            (
+                r#""name":"ann""#,
+                r#""name":"ann","gateway_token":123456789"#,
+            ),
+        ] {
+            let body = HELLO.replace(from, to);
+            assert_ne!(body, HELLO);
+            let err = decode_one(&body).unwrap_err();
+            assert!(matches!(err, DecodeError::Schema { .. }), "{err}");
+            let text = err.to_string();
+            for leak in ["987654321", "hush-hush-1", "123456789"] {
+                assert!(!text.contains(leak), "{text}");
+            }
         }
     }
 
