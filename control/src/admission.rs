@@ -25,9 +25,11 @@
 //! 3. A gateway must present the operator token when the relay has one (`not_allowed`).
 //! 4. With [`SecretPolicy::Fixed`], the secret must be the relay's (`bad_secret`).
 //! 5. An existing room: the secret must be the room's, compared in constant time
-//!    (`bad_secret`). Only then is anything about the room revealed: `room_full`,
-//!    `gateway_already_present`, `mac_in_use` (any member, gateway included, with the same
-//!    MAC), `budget_too_small` (the peer cannot carry the room's budget).
+//!    (`bad_secret`). Only then is anything about the room revealed:
+//!    `budget_too_small` (the peer cannot carry the room's budget); a **reconnect** (a member
+//!    with the same MAC, role, name and source address, when [`Config::reconnect_takeover`]
+//!    is on) replaces that member; otherwise `room_full`, `gateway_already_present`,
+//!    `mac_in_use` (any member, gateway included, with the same MAC).
 //! 6. A new room: the peer must be allowed to create one ([`RoomCreation`], `no_such_room`)
 //!    and the relay must have room for it (`too_many_rooms`). The room keeps the creator's
 //!    secret and fixes its budget for life: the smaller of the relay's cap and the creator's
@@ -92,6 +94,11 @@ pub struct Config {
     pub budget_cap: u16,
     /// Largest frame a room carries (Ethernet header included, FCS excluded).
     pub max_frame: u16,
+    /// Let a hello replace an existing member with the same MAC, role, display name and
+    /// source address, instead of rejecting it with `mac_in_use`. A client or gateway that
+    /// lost its network reconnects before the relay notices its old connection is dead (the
+    /// QUIC idle timeout); without this it would be locked out of its own room until then.
+    pub reconnect_takeover: bool,
 }
 
 /// 1500-byte IP packets plus a 14-byte Ethernet header and one 802.1Q tag.
@@ -109,6 +116,7 @@ impl Default for Config {
             max_connections: 4096,
             budget_cap: 1452,
             max_frame: DEFAULT_MAX_FRAME,
+            reconnect_takeover: true,
         }
     }
 }
@@ -122,8 +130,13 @@ pub struct Admitted {
     pub room: RoomCode,
     /// To send to the new peer.
     pub welcome: Welcome,
-    /// `peer_joined` notices for the room's other members.
+    /// Notices for the room's other members: `peer_left` for the replaced peer (if any),
+    /// then `peer_joined` for this one.
     pub notices: Vec<Notice>,
+    /// A reconnect took over this older peer (see [`Config::reconnect_takeover`]). It has
+    /// already left the room: remove it from the switch and close its connection, without
+    /// calling [`Rooms::leave`] for it.
+    pub replaced: Option<PeerId>,
 }
 
 /// A message the relay must send to one peer.
@@ -296,10 +309,19 @@ impl Rooms {
         {
             return Err(bad_secret());
         }
-        match self.rooms.get(&hello.room) {
-            Some(room) => self.check_join(room, hello, budget)?,
-            None => self.check_create(hello)?,
-        }
+        let replaced = match self.rooms.get(&hello.room) {
+            Some(room) => self.check_join(room, hello, source, budget)?,
+            None => {
+                self.check_create(hello)?;
+                None
+            }
+        };
+        // A reconnecting peer's old self leaves first, so the others hear "left" then "joined"
+        // and the welcome does not list the ghost.
+        let mut notices = match replaced {
+            Some(old) => self.remove(old, true),
+            None => Vec::new(),
+        };
 
         let peer_id = PeerId(self.next_peer_id);
         self.next_peer_id += 1;
@@ -327,14 +349,10 @@ impl Rooms {
             max_frame: room.max_frame,
             peers: room.members.iter().map(|m| m.info.clone()).collect(),
         };
-        let notices = room
-            .members
-            .iter()
-            .map(|m| Notice {
-                to: m.info.peer_id,
-                message: Message::PeerJoined(info.clone()),
-            })
-            .collect();
+        notices.extend(room.members.iter().map(|m| Notice {
+            to: m.info.peer_id,
+            message: Message::PeerJoined(info.clone()),
+        }));
         room.members.push(PeerStatus {
             info,
             source,
@@ -347,13 +365,39 @@ impl Rooms {
             room: hello.room.clone(),
             welcome,
             notices,
+            replaced,
         })
     }
 
-    fn check_join(&self, room: &Room, hello: &Hello, budget: u16) -> Result<(), Reject> {
+    fn check_join(
+        &self,
+        room: &Room,
+        hello: &Hello,
+        source: IpAddr,
+        budget: u16,
+    ) -> Result<Option<PeerId>, Reject> {
         // The secret comes first: nothing about the room is revealed to a stranger.
         if !hello.secret.ct_eq(&room.secret) {
             return Err(bad_secret());
+        }
+        if budget < room.budget {
+            return Err(Reject::new(
+                RejectCode::BudgetTooSmall,
+                format!(
+                    "room {} uses {}-byte datagrams and this connection carries only {budget}",
+                    hello.room, room.budget
+                ),
+            ));
+        }
+        if self.config.reconnect_takeover
+            && let Some(old) = room.members.iter().find(|m| {
+                m.info.mac == hello.mac
+                    && m.info.role == hello.role
+                    && m.info.name == hello.name
+                    && m.source == source
+            })
+        {
+            return Ok(Some(old.info.peer_id));
         }
         if room.members.len() >= self.config.max_peers_per_room {
             return Err(Reject::new(
@@ -374,16 +418,7 @@ impl Rooms {
         if let Some(other) = room.members.iter().find(|m| m.info.mac == hello.mac) {
             return Err(mac_in_use(hello.mac, &hello.room, &other.info.name));
         }
-        if budget < room.budget {
-            return Err(Reject::new(
-                RejectCode::BudgetTooSmall,
-                format!(
-                    "room {} uses {}-byte datagrams and this connection carries only {budget}",
-                    hello.room, room.budget
-                ),
-            ));
-        }
-        Ok(())
+        Ok(None)
     }
 
     fn check_create(&self, hello: &Hello) -> Result<(), Reject> {
@@ -408,6 +443,10 @@ impl Rooms {
     /// Removes `peer` from its room and returns `peer_left` notices for the remaining members.
     /// The room goes away with its last member. Unknown ids (already gone) return nothing.
     pub fn leave(&mut self, peer: PeerId) -> Vec<Notice> {
+        self.remove(peer, false)
+    }
+
+    fn remove(&mut self, peer: PeerId, keep_empty_room: bool) -> Vec<Notice> {
         let Some(code) = self.peer_rooms.remove(&peer) else {
             return Vec::new();
         };
@@ -415,7 +454,7 @@ impl Rooms {
             return Vec::new();
         };
         room.members.retain(|m| m.info.peer_id != peer);
-        if room.members.is_empty() {
+        if room.members.is_empty() && !keep_empty_room {
             self.rooms.remove(&code);
             return Vec::new();
         }

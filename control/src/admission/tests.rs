@@ -565,3 +565,65 @@ fn every_reject_code_but_timeout_and_unknown_is_produced_above() {
     // handshake_timeout is sent by the runtime's timer; unknown only decodes.
     assert_eq!(rest, [RejectCode::HandshakeTimeout, RejectCode::Unknown]);
 }
+
+#[test]
+fn reconnecting_peer_replaces_its_old_self() {
+    let mut r = relay();
+    let gw = r.admit(&gateway(1)).unwrap().peer_id;
+    let old = r.admit(&client(2, "ann")).unwrap().peer_id;
+    // ann's network blips; her new connection says hello before the old one times out.
+    let again = r.admit(&client(2, "ann")).unwrap();
+    assert_eq!(again.replaced, Some(old));
+    assert_ne!(again.peer_id, old);
+    let listed: Vec<_> = again.welcome.peers.iter().map(|p| p.peer_id).collect();
+    assert_eq!(listed, [gw], "the welcome does not list the ghost");
+    assert_eq!(
+        again
+            .notices
+            .iter()
+            .map(|n| (n.to, n.message.type_name()))
+            .collect::<Vec<_>>(),
+        [(gw, "peer_left"), (gw, "peer_joined")]
+    );
+    assert_eq!(r.rooms.peer_count(), 2);
+    assert_eq!(r.rooms.room_of(old), None);
+    // The relay closes the old connection later; its leave is a no-op.
+    assert!(r.rooms.leave(old).is_empty());
+    // The gateway can reconnect the same way, which is not a second gateway.
+    let gw_again = r.admit(&gateway(1)).unwrap();
+    assert_eq!(gw_again.replaced, Some(gw));
+}
+
+#[test]
+fn reconnect_of_a_lone_member_keeps_the_room() {
+    let mut r = relay();
+    let first = r.admit(&client(1, "ann")).unwrap();
+    let created = r.rooms.rooms()[0].created_at;
+    let mut h = client(1, "ann");
+    h.datagram_budget = 9000;
+    let again = r.admit(&h).unwrap();
+    assert_eq!(again.replaced, Some(first.peer_id));
+    assert!(again.notices.is_empty());
+    assert_eq!(again.welcome.room_budget, first.welcome.room_budget);
+    assert_eq!(r.rooms.rooms()[0].created_at, created);
+}
+
+#[test]
+fn same_mac_from_someone_else_is_not_a_reconnect() {
+    let mut r = relay();
+    r.admit(&client(1, "ann")).unwrap();
+    // Another name, or another address: mac_in_use.
+    assert_eq!(r.reject_code(&client(1, "mallory")), RejectCode::MacInUse);
+    let reject = r
+        .rooms
+        .admit(r.now, ip(66), &client(1, "ann"), MAX_DATAGRAM_BUDGET)
+        .unwrap_err();
+    assert_eq!(reject.code, RejectCode::MacInUse);
+    // And with takeover off, even the same peer waits for its old connection to go.
+    let mut strict = Relay::new(Config {
+        reconnect_takeover: false,
+        ..Config::default()
+    });
+    strict.admit(&client(1, "ann")).unwrap();
+    assert_eq!(strict.reject_code(&client(1, "ann")), RejectCode::MacInUse);
+}
