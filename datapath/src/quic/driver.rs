@@ -1057,6 +1057,9 @@ fn app_events(
                     state.control_stopped = Some(error_code.into_inner());
                     state.control_out.clear();
                 }
+                // The peer will not read: reset our half so quinn frees the stream (it waits
+                // for the application to do so).
+                let _ = state.conn.send_stream(id).reset(error_code);
             }
             quinn_proto::Event::DatagramReceived => {
                 while let Some(bytes) = state.conn.datagrams().recv() {
