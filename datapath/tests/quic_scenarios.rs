@@ -573,6 +573,11 @@ fn wrong_pin_fails_with_both_fingerprints_in_the_reason() {
     let (reason, cause) = closed_reason(net.events(CLIENT)).unwrap();
     assert!(reason.contains(&pinned.to_string()), "{reason}");
     assert!(reason.contains(&actual.to_string()), "{reason}");
+    assert!(
+        reason.contains("certificate fingerprint mismatch"),
+        "{reason}"
+    );
+    assert!(!reason.contains("OtherError"), "debug noise in {reason}");
     assert!(matches!(cause, CloseCause::Lost(_)), "{cause:?}");
     assert!(!is_connected(net.events(CLIENT), None));
     // The server learns the handshake failed too and keeps nothing.
@@ -736,6 +741,8 @@ fn ten_thousand_datagrams_of_mixed_sizes_arrive_intact_and_losses_are_counted() 
 #[test]
 fn datagram_send_buffer_overflow_drops_the_oldest_and_counts() {
     let (mut net, client, _) = pair(6);
+    // Batches travel whole and are split again by the receiver (GSO out, GRO in).
+    net.gro = true;
     handshake(&mut net, CLIENT);
     // 200 datagrams of 1000 bytes, far more than the 64 KiB send buffer, queued at one instant.
     for seq in 0..200 {
@@ -976,4 +983,24 @@ fn idle_connections_stay_up_on_keep_alives_and_closing_reaches_the_peer() {
     net.run_for(Duration::from_secs(5));
     assert_eq!(net.driver(SERVER).connection_count(), 0);
     assert_eq!(net.driver(CLIENT).connection_count(), 0);
+}
+
+#[test]
+fn under_handshake_pressure_new_clients_must_echo_a_retry_token() {
+    let mut net = Net::new(12);
+    let mut pressured = config(1);
+    pressured.retry_above_handshakes = 0;
+    let (server, fingerprint) = server(pressured);
+    net.add_driver(SERVER, server);
+    let client = connect_client(&mut net, CLIENT, ClientTrust::Pinned(fingerprint), 2);
+    handshake(&mut net, CLIENT);
+    assert_eq!(net.driver(SERVER).counters().retries_sent, 1);
+    assert_eq!(net.driver(SERVER).counters().connections_accepted, 1);
+    net.driver(CLIENT)
+        .send_datagram(client, payload(5, 900))
+        .unwrap();
+    net.run_for(Duration::from_millis(100));
+    let got = take_datagrams(net.events(SERVER));
+    assert_eq!(got.len(), 1);
+    assert_eq!(check_payload(&got[0]), 5);
 }

@@ -28,6 +28,10 @@ pub struct DriverConfig {
     /// A connection that has not completed its handshake this long after it started is closed
     /// and counted. Shorter than the idle timeout so half-open peers free their slot quickly.
     pub handshake_timeout: Duration,
+    /// Handshakes in progress above which new sources must first echo a Retry token, proving
+    /// their address: a flood of spoofed Initials then costs a stateless packet each instead of
+    /// a connection slot. Legitimate clients pay one extra round trip only while under pressure.
+    pub retry_above_handshakes: usize,
     /// Most received DATAGRAM payloads waiting in the event queue for the caller; further ones
     /// are dropped and counted. The caller is expected to drain events every loop turn.
     pub max_queued_datagrams: usize,
@@ -53,6 +57,7 @@ impl Default for DriverConfig {
             max_transmit_datagrams: 32,
             max_connections: 4096,
             handshake_timeout: Duration::from_secs(10),
+            retry_above_handshakes: 256,
             max_queued_datagrams: 4096,
             max_queued_control_bytes: 64 * 1024,
             control_send_buffer: 64 * 1024,

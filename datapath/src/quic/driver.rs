@@ -139,6 +139,8 @@ pub struct DriverCounters {
     pub connections_refused: u64,
     /// Incoming connections quinn could not accept (bad Initial, bad token).
     pub accept_failures: u64,
+    /// Retry packets sent to make a source prove its address under handshake pressure.
+    pub retries_sent: u64,
     /// Handshakes closed by the driver's handshake timeout.
     pub handshakes_timed_out: u64,
     /// Connections that completed their handshake.
@@ -337,14 +339,14 @@ impl Conn {
         role: Role,
         generation: u64,
         server_name: Option<String>,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Self {
         Self {
             conn,
             role,
             generation,
             server_name,
-            handshake_deadline: Some(deadline),
+            handshake_deadline: deadline,
             connected: false,
             closed: false,
             control: None,
@@ -494,7 +496,8 @@ impl Driver {
         }
         let generation = self.next_generation;
         self.next_generation += 1;
-        let deadline = now + self.config.handshake_timeout;
+        // A timeout too large to add to `now` means no deadline rather than a panic.
+        let deadline = now.checked_add(self.config.handshake_timeout);
         self.conns[idx] = Some(Conn::new(conn, role, generation, server_name, deadline));
         self.live += 1;
         self.drive(idx);
@@ -574,6 +577,23 @@ impl Driver {
             self.queue_response(buf, transmit);
             return;
         }
+        // Under handshake pressure, make unproven sources echo a Retry token first (RFC 9000
+        // §8.1.2): spoofed Initials then cost one stateless packet instead of a connection slot.
+        let incoming = if !incoming.remote_address_validated()
+            && incoming.may_retry()
+            && self.handshaking() >= self.config.retry_above_handshakes
+        {
+            match self.endpoint.retry(incoming, &mut buf) {
+                Ok(transmit) => {
+                    self.counters.retries_sent += 1;
+                    self.queue_response(buf, transmit);
+                    return;
+                }
+                Err(err) => err.into_incoming(),
+            }
+        } else {
+            incoming
+        };
         match self.endpoint.accept(incoming, now, &mut buf, server) {
             Ok((handle, conn)) => {
                 self.spare_buffers.push(buf);
@@ -588,6 +608,15 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Connections whose handshake is still running.
+    fn handshaking(&self) -> usize {
+        self.conns
+            .iter()
+            .flatten()
+            .filter(|c| !c.connected && !c.closed)
+            .count()
     }
 
     fn queue_response(&mut self, buf: Vec<u8>, transmit: Transmit) {
@@ -655,8 +684,10 @@ impl Driver {
             let Some(state) = self.conns[idx].as_mut() else {
                 continue;
             };
+            let mut due = false;
             if state.handshake_deadline.is_some_and(|d| d <= now) {
                 state.handshake_deadline = None;
+                due = true;
                 if !state.closed {
                     state.closed = true;
                     state.conn.close(
@@ -682,8 +713,11 @@ impl Driver {
             }
             if state.conn.poll_timeout().is_some_and(|t| t <= now) {
                 state.conn.handle_timeout(now);
+                due = true;
             }
-            self.drive(idx);
+            if due {
+                self.drive(idx);
+            }
         }
     }
 
@@ -984,9 +1018,23 @@ fn describe(err: &ConnectionError) -> String {
         ConnectionError::TimedOut => "peer stopped responding (idle timeout)".to_owned(),
         ConnectionError::Reset => "reset by peer (it probably restarted)".to_owned(),
         ConnectionError::ApplicationClosed(close) => format!("closed by peer: {close}"),
-        ConnectionError::ConnectionClosed(close) => format!("aborted by peer: {close}"),
-        ConnectionError::TransportError(e) => format!("connection failed: {e}"),
+        ConnectionError::TransportError(e) => tidy(format!("connection failed: {e}")),
+        ConnectionError::ConnectionClosed(close) => tidy(format!("aborted by peer: {close}")),
         other => other.to_string(),
+    }
+}
+
+/// rustls shows a custom certificate error with `Debug` (`Other(OtherError(..))`); keep only
+/// the inner message, which carries the pin mismatch with both fingerprints.
+fn tidy(reason: String) -> String {
+    const WRAPPER: &str = "Other(OtherError(";
+    match reason.find(WRAPPER) {
+        Some(start) => {
+            let inner = &reason[start + WRAPPER.len()..];
+            let inner = inner.strip_suffix("))").unwrap_or(inner);
+            format!("{}{inner}", &reason[..start])
+        }
+        None => reason,
     }
 }
 

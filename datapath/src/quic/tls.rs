@@ -355,13 +355,21 @@ pub fn client_config(trust: &ClientTrust) -> Result<quinn_proto::ClientConfig, T
 ///
 /// It reaches the connection's close reason through rustls' `invalid peer certificate` error,
 /// so both fingerprints show in the driver's `Closed` event.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[error("certificate fingerprint mismatch: pinned {expected}, server presented {actual}")]
 pub struct PinMismatch {
     /// The fingerprint the client pinned.
     pub expected: Fingerprint,
     /// The fingerprint of the certificate the server presented.
     pub actual: Fingerprint,
+}
+
+impl fmt::Debug for PinMismatch {
+    /// The same text as `Display`: rustls formats custom certificate errors with `Debug`, and
+    /// this text ends up in the connection's close reason.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 /// Accepts exactly one end-entity certificate, by SHA-256 fingerprint.
