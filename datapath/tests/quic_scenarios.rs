@@ -1004,3 +1004,49 @@ fn under_handshake_pressure_new_clients_must_echo_a_retry_token() {
     assert_eq!(got.len(), 1);
     assert_eq!(check_payload(&got[0]), 5);
 }
+
+#[test]
+fn the_driver_can_move_to_the_datapath_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Driver>();
+    assert_send::<Event>();
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+
+    /// Arbitrary bytes with arbitrary receive metadata (strides, lengths, ECN bits) are counted,
+    /// never a panic, whether or not they look like a QUIC long header.
+    #[test]
+    fn arbitrary_datagrams_and_metadata_never_panic(
+        data in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
+        long_header in proptest::bool::ANY,
+        stride in 0usize..2000,
+        len_slack in 0usize..100,
+        ecn in proptest::option::of(proptest::num::u8::ANY),
+    ) {
+        let (mut driver, _) = server(config(1));
+        let mut data = data;
+        if long_header && data.len() > 6 {
+            // An Initial of QUIC v1 with random everything else.
+            data[0] = 0xc0 | (data[0] & 0x0f);
+            data[1..5].copy_from_slice(&1u32.to_be_bytes());
+        }
+        let meta = RecvMeta {
+            source: HOSTILE,
+            dst_ip: None,
+            ecn,
+            len: data.len() + len_slack,
+            stride,
+        };
+        let now = Instant::now();
+        driver.handle_datagram(now, meta, BytesMut::from(&data[..]));
+        let mut buf = Vec::new();
+        while driver.poll_transmit(now, &mut buf).is_some() {}
+        while driver.poll_event().is_some() {}
+        driver.handle_timeout(now + Duration::from_secs(11));
+        let counters = driver.counters();
+        proptest::prop_assert!(data.is_empty() || counters.datagrams_received >= 1);
+        proptest::prop_assert!(driver.connection_count() <= 1);
+    }
+}
