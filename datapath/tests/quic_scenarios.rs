@@ -1050,3 +1050,77 @@ proptest::proptest! {
         proptest::prop_assert!(driver.connection_count() <= 1);
     }
 }
+
+/// A CA certificate in a PEM file and a server identity for `names` signed by it.
+fn ca_and_server(dir: &std::path::Path, names: &[&str]) -> (std::path::PathBuf, ServerIdentity) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let leaf = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let identity = ServerIdentity {
+        chain: vec![leaf.der().clone(), ca.der().clone()],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+    };
+    (ca_file, identity)
+}
+
+#[test]
+fn a_ca_file_verifies_the_server_by_name() {
+    let dir = std::env::temp_dir().join(format!("lp-quic-ca-{}", std::process::id()));
+    for (server_names, expect_ok) in [(&["relay.test"][..], true), (&["other.test"][..], false)] {
+        let (ca_file, identity) = ca_and_server(&dir, server_names);
+        let mut net = Net::new(13);
+        net.add_driver(
+            SERVER,
+            Driver::new(config(1), Some(tls::server_crypto(identity).unwrap())),
+        );
+        connect_client(&mut net, CLIENT, ClientTrust::CaFile(ca_file), 2);
+        let settled = net.run_until(Duration::from_secs(5), |net| {
+            is_connected(net.events(CLIENT), None) || closed_reason(net.events(CLIENT)).is_some()
+        });
+        assert!(settled);
+        assert_eq!(
+            is_connected(net.events(CLIENT), None),
+            expect_ok,
+            "{server_names:?}"
+        );
+        if !expect_ok {
+            let (reason, _) = closed_reason(net.events(CLIENT)).unwrap();
+            assert!(reason.contains("not valid for name"), "{reason}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn one_datagram_goes_to_many_connections() {
+    let (mut net, _, fingerprint) = pair(14);
+    connect_client(&mut net, CLIENT2, ClientTrust::Pinned(fingerprint), 3);
+    handshake(&mut net, CLIENT);
+    handshake(&mut net, CLIENT2);
+    let targets = [
+        server_conn(&mut net, CLIENT),
+        server_conn(&mut net, CLIENT2),
+    ];
+    let frame = payload(42, 1000);
+    let unknown = ConnId(quinn_proto::ConnectionHandle(999));
+    let sent = net
+        .driver(SERVER)
+        .send_datagram_to_many(&[targets[0], unknown, targets[1]], frame.clone());
+    assert_eq!(sent, 2);
+    assert_eq!(net.driver(SERVER).counters().datagrams_unsendable, 1);
+    net.run_for(Duration::from_millis(50));
+    for at in [CLIENT, CLIENT2] {
+        let got = take_datagrams(net.events(at));
+        assert_eq!(got, vec![frame.clone()], "{at}");
+    }
+}

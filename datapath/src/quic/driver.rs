@@ -812,7 +812,7 @@ impl Driver {
     /// Queues the same DATAGRAM on every connection in `conns` (refcount clones, no copies).
     /// Returns how many took it; the others are counted in
     /// [`DriverCounters::datagrams_unsendable`].
-    pub fn send_datagram_to_many(&mut self, conns: &[ConnId], data: &Bytes) -> usize {
+    pub fn send_datagram_to_many(&mut self, conns: &[ConnId], data: Bytes) -> usize {
         let mut sent = 0;
         for &conn in conns {
             if self.send_datagram(conn, data.clone()).is_ok() {
