@@ -44,6 +44,8 @@ pub use driver::{
     CLOSE_HANDSHAKE_TIMEOUT, CloseCause, ConnId, ConnStats, ConnectError, ControlError,
     DatagramError, Driver, DriverCounters, Event, PeerIdentity, STREAM_REFUSED,
 };
+/// The quinn-proto types that appear in the driver's API, so callers need not depend on it.
+pub use quinn_proto::{ClientConfig, ConnectionError, ConnectionHandle};
 
 /// Where a received UDP payload came from.
 ///
