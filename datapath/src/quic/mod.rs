@@ -1,1 +1,83 @@
 //! The sans-IO QUIC driver around `quinn_proto` and its TLS configuration.
+//!
+//! [`Driver`] owns one `quinn_proto::Endpoint` and all its `Connection`s. It makes no system
+//! call and never reads the clock: the datapath loop hands it received UDP payloads
+//! ([`Driver::handle_datagram`]), asks it for GSO batches to send ([`Driver::poll_transmit`]),
+//! wakes it at [`Driver::poll_timeout`] ([`Driver::handle_timeout`]) and drains
+//! [`Driver::poll_event`] after each of those. Commands (connect, send a DATAGRAM, write
+//! control bytes, close) are plain method calls.
+//!
+//! What the driver adds to quinn-proto:
+//!
+//! - **One control stream per connection.** The client opens the first bidirectional stream
+//!   when the handshake completes; the server accepts the first one the client opens. Every
+//!   other stream is refused (STOP_SENDING + RESET_STREAM) and counted. The peer may have at
+//!   most one bidirectional stream open and no unidirectional ones, so a stream flood costs one
+//!   refusal per stream and never memory.
+//! - **Bounded queues everywhere.** quinn's 1 MiB DATAGRAM send buffer is shrunk to 64 KiB and
+//!   overflows drop the oldest datagram; the driver counts those drops exactly by mirroring
+//!   quinn's FIFO (quinn-proto 0.11 drops silently). Received datagrams, control bytes and
+//!   stateless responses wait in bounded queues; the control stream stops being read when the
+//!   caller falls behind, so flow control pushes back on the peer.
+//! - **Admission limits.** At most [`DriverConfig::max_connections`] connections; further
+//!   Initials are refused with CONNECTION_REFUSED. A handshake that has not finished after
+//!   [`DriverConfig::handshake_timeout`] is closed and counted.
+//! - **Counters** for what a hostile network sends: datagrams no connection could use,
+//!   datagrams a connection could not authenticate (corrupted, truncated, replayed), refused
+//!   connections and streams, timed-out handshakes. See [`DriverCounters`].
+//! - **Zero copy.** A GRO batch is split into datagrams with `BytesMut::split_to`; received
+//!   DATAGRAMs are `Bytes` slices of the decrypted packet; [`Driver::send_datagram_to_many`]
+//!   queues refcount clones of one `Bytes`; the caller owns the transmit buffer, so an io_uring
+//!   backend can keep it until the send completes.
+//!
+//! TLS (rustls, *ring*, TLS 1.3 only, ALPN `lanparty/1`, certificate pinning) lives in [`tls`];
+//! the transport tuning and its reasons in [`config`].
+
+pub mod config;
+mod driver;
+pub mod tls;
+
+use std::net::{IpAddr, SocketAddr};
+
+pub use config::{DriverConfig, TransportSettings};
+pub use driver::{
+    CLOSE_HANDSHAKE_TIMEOUT, CloseCause, ConnId, ConnStats, ConnectError, ControlError,
+    DatagramError, Driver, DriverCounters, Event, PeerIdentity, STREAM_REFUSED,
+};
+/// The quinn-proto types that appear in the driver's API, so callers need not depend on it.
+pub use quinn_proto::{ClientConfig, ConnectionError, ConnectionHandle};
+
+/// Where a received UDP payload came from.
+///
+/// The io backends fill it from the receive cmsgs. It mirrors the io module's definition field
+/// for field; the two are unified when the modules are merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// The sender.
+    pub source: SocketAddr,
+    /// The local address the datagram was sent to (`IP_PKTINFO`), if known.
+    pub dst_ip: Option<IpAddr>,
+    /// The 2-bit IP ECN codepoint of the datagram, if known.
+    pub ecn: Option<u8>,
+    /// Bytes of payload in the buffer; the driver ignores anything past it.
+    pub len: usize,
+    /// Size of each datagram of a GRO batch (the last one may be shorter); equal to `len` for a
+    /// single datagram. Zero is treated as `len`.
+    pub stride: usize,
+}
+
+/// What to do with the bytes [`Driver::poll_transmit`] wrote into the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransmitMeta {
+    /// The peer to send to.
+    pub destination: SocketAddr,
+    /// The local address to send from (`IP_PKTINFO`), if it matters.
+    pub src_ip: Option<IpAddr>,
+    /// The 2-bit IP ECN codepoint to set, if any.
+    pub ecn: Option<u8>,
+    /// For a GSO batch, the size of every datagram but the last (`UDP_SEGMENT`); `None` for a
+    /// single datagram.
+    pub segment_size: Option<usize>,
+    /// Bytes written into the buffer (the whole batch).
+    pub len: usize,
+}

@@ -1,0 +1,174 @@
+//! Driver limits and the QUIC transport tuning, each number with the reason it has that value.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+
+/// Largest UDP payload on a 1500-byte IPv4 path: 1500 - 20 (IPv4) - 8 (UDP).
+pub const MAX_UDP_PAYLOAD_V4: u16 = 1472;
+/// Largest UDP payload on a 1500-byte IPv6 path: 1500 - 40 (IPv6) - 8 (UDP).
+pub const MAX_UDP_PAYLOAD_V6: u16 = 1452;
+/// The UDP payload every QUIC path must carry (RFC 9000 §14: "a minimum IP packet size of 1280
+/// bytes"... "UDP datagrams ... of at least 1200 bytes").
+pub const MIN_UDP_PAYLOAD: u16 = 1200;
+
+/// Limits and tuning of a [`Driver`](super::Driver).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DriverConfig {
+    /// Most datagrams in one [`poll_transmit`](super::Driver::poll_transmit) batch (GSO
+    /// segments). Linux accepts up to 64 segments per `UDP_SEGMENT` send; 32 keeps one batch
+    /// (about 46 KiB) from hogging the socket while other connections wait their turn.
+    pub max_transmit_datagrams: usize,
+    /// Most connections (handshaking, established and draining) at once; further Initials are
+    /// refused with CONNECTION_REFUSED. Bounds memory against connection floods.
+    pub max_connections: usize,
+    /// A connection that has not completed its handshake this long after it started is closed
+    /// and counted. Shorter than the idle timeout so half-open peers free their slot quickly.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress above which new sources must first echo a Retry token, proving
+    /// their address: a flood of spoofed Initials then costs a stateless packet each instead of
+    /// a connection slot. Legitimate clients pay one extra round trip only while under pressure.
+    pub retry_above_handshakes: usize,
+    /// Most received DATAGRAM payloads waiting in the event queue for the caller; further ones
+    /// are dropped and counted. The caller is expected to drain events every loop turn.
+    pub max_queued_datagrams: usize,
+    /// Most control-stream bytes waiting in the event queue per connection; past this the
+    /// driver stops reading the stream, so QUIC flow control pushes back on the peer.
+    pub max_queued_control_bytes: usize,
+    /// Most control bytes buffered per connection by `write_control` before the stream takes
+    /// them; past this `write_control` fails with `ControlError::BufferFull`.
+    pub control_send_buffer: usize,
+    /// Most stateless responses (refusals, version negotiation, stateless resets) waiting for
+    /// `poll_transmit`; further ones are dropped and counted.
+    pub max_queued_responses: usize,
+    /// Seed for the endpoint's random numbers; `None` seeds from the operating system. Tests
+    /// set it for reproducible runs.
+    pub rng_seed: Option<[u8; 32]>,
+    /// QUIC transport parameters shared by every connection.
+    pub transport: TransportSettings,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            max_transmit_datagrams: 32,
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            retry_above_handshakes: 256,
+            max_queued_datagrams: 4096,
+            max_queued_control_bytes: 64 * 1024,
+            control_send_buffer: 64 * 1024,
+            max_queued_responses: 64,
+            rng_seed: None,
+            transport: TransportSettings::default(),
+        }
+    }
+}
+
+/// QUIC transport tuning for softlan: Ethernet frames as DATAGRAMs plus one small control stream.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TransportSettings {
+    /// Bytes of DATAGRAM payload quinn may queue per connection before dropping the oldest.
+    /// quinn's default is 1 MiB, which at 10 Mbit/s is 800 ms of queue: frames that old are
+    /// useless to a game and only delay the fresh ones (bufferbloat). 64 KiB is about 45
+    /// full-size frames, enough to absorb a burst while the congestion window opens.
+    pub datagram_send_buffer: usize,
+    /// Bytes of received DATAGRAM payload quinn holds before the driver moves them to its event
+    /// queue. The driver drains after every packet, so this only needs a few packets' worth;
+    /// quinn also advertises it (capped at 64 KiB) as the largest DATAGRAM frame it accepts.
+    pub datagram_receive_buffer: usize,
+    /// Idle timeout: a peer silent this long is gone. 30 s rides out a Wi-Fi roam or a short
+    /// outage without keeping dead peers in a room for minutes.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval. Home NATs drop UDP mappings after as little as 30 s of silence, and
+    /// a quiet player (menu, loading screen) must stay reachable; 5 s is cheap (one PING).
+    pub keep_alive: Duration,
+    /// Receive window of the control stream. It carries small JSON frames only, so a small
+    /// window bounds what a hostile peer can make us buffer.
+    pub stream_receive_window: u32,
+    /// Connection-wide receive window (all streams); one control stream, so twice its window.
+    pub receive_window: u32,
+    /// Bytes of unacknowledged stream data we keep per connection.
+    pub send_window: u64,
+    /// Probe for larger MTUs (DPLPMTUD, RFC 8899) up to the 1500-byte-path limit of the
+    /// address family. Larger packets mean fewer fragmented Ethernet frames.
+    pub mtu_discovery: bool,
+    /// Initial RTT estimate before any sample (quinn's default is 333 ms, meant for the open
+    /// Internet; relays are usually closer, so handshake retransmits come sooner).
+    pub initial_rtt: Duration,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            datagram_send_buffer: 64 * 1024,
+            datagram_receive_buffer: 128 * 1024,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            stream_receive_window: 64 * 1024,
+            receive_window: 128 * 1024,
+            send_window: 256 * 1024,
+            mtu_discovery: true,
+            initial_rtt: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Which end of a connection a transport configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Client,
+    Server,
+}
+
+impl TransportSettings {
+    /// The quinn transport configuration for one connection to or from `remote`.
+    pub(crate) fn build(&self, role: Role, remote: SocketAddr) -> Arc<TransportConfig> {
+        let mut t = TransportConfig::default();
+        // Streams the *peer* may open. A client opens exactly one bidirectional stream, the
+        // control stream; a server opens none. Nobody uses unidirectional streams.
+        let peer_bidi = match role {
+            Role::Server => 1u32,
+            Role::Client => 0,
+        };
+        t.max_concurrent_bidi_streams(VarInt::from_u32(peer_bidi))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
+            .receive_window(VarInt::from_u32(self.receive_window))
+            .send_window(self.send_window)
+            .datagram_send_buffer_size(self.datagram_send_buffer)
+            .datagram_receive_buffer_size(Some(self.datagram_receive_buffer))
+            .keep_alive_interval(Some(self.keep_alive))
+            .initial_rtt(self.initial_rtt)
+            // Every path carries 1200 bytes; start there and let PMTUD climb.
+            .initial_mtu(MIN_UDP_PAYLOAD)
+            .min_mtu(MIN_UDP_PAYLOAD)
+            .enable_segmentation_offload(true);
+        // An idle timeout above the varint limit cannot be configured; fall back to quinn's.
+        if let Ok(idle) = IdleTimeout::try_from(self.idle_timeout) {
+            t.max_idle_timeout(Some(idle));
+        }
+        if self.mtu_discovery {
+            let mut mtud = MtuDiscoveryConfig::default();
+            mtud.upper_bound(max_udp_payload_for(remote));
+            t.mtu_discovery_config(Some(mtud));
+        } else {
+            t.mtu_discovery_config(None);
+        }
+        Arc::new(t)
+    }
+}
+
+/// The largest UDP payload on a 1500-byte path to `remote`. An IPv4-mapped IPv6 address (a
+/// dual-stack socket talking to an IPv4 peer) travels as IPv4.
+pub fn max_udp_payload_for(remote: SocketAddr) -> u16 {
+    match remote {
+        SocketAddr::V4(_) => MAX_UDP_PAYLOAD_V4,
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => MAX_UDP_PAYLOAD_V4,
+        SocketAddr::V6(_) => MAX_UDP_PAYLOAD_V6,
+    }
+}
