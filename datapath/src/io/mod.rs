@@ -62,7 +62,7 @@ pub mod portable;
 pub use portable::PortableUdp;
 
 #[cfg(target_os = "linux")]
-pub use crate::sys::uring::{UringConfig, UringUdp, Unsupported as UringUnsupported};
+pub use crate::sys::uring::{Unsupported as UringUnsupported, UringConfig, UringUdp};
 
 /// One outgoing GSO batch, produced by the QUIC driver's `poll_transmit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,8 +247,7 @@ pub trait UdpBackend: Send + fmt::Debug {
     /// # Errors
     ///
     /// Only when the ring or poll call itself fails.
-    fn wait(&mut self, deadline: Option<Instant>, ready: &mut Vec<u64>)
-    -> io::Result<WaitOutcome>;
+    fn wait(&mut self, deadline: Option<Instant>, ready: &mut Vec<u64>) -> io::Result<WaitOutcome>;
 
     /// A handle other threads use to end a [`wait`](Self::wait).
     fn waker(&self) -> Waker;

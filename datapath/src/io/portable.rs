@@ -286,11 +286,7 @@ impl UdpBackend for PortableUdp {
     }
 
     #[cfg(target_os = "linux")]
-    fn wait(
-        &mut self,
-        deadline: Option<Instant>,
-        ready: &mut Vec<u64>,
-    ) -> io::Result<WaitOutcome> {
+    fn wait(&mut self, deadline: Option<Instant>, ready: &mut Vec<u64>) -> io::Result<WaitOutcome> {
         if !self.tx.is_empty() {
             self.flush()?;
         }

@@ -2,7 +2,7 @@
 //!
 //! # Design
 //!
-//! - **Receive**: one multishot `RECVMSG` on a provided-buffer ring ([`bufring`]). Each
+//! - **Receive**: one multishot `RECVMSG` on a provided-buffer ring (`bufring`). Each
 //!   completion names a buffer holding `io_uring_recvmsg_out`, the source address, the control
 //!   messages (UDP_GRO segment size, IP_PKTINFO / IPV6_PKTINFO, IP_TOS / IPV6_TCLASS) and the
 //!   payload. The payload is copied once into the receive arena and the buffer goes straight
@@ -10,7 +10,7 @@
 //!   [`UringConfig::recv_buffers`] completions pile up between two reaps. When it does, the
 //!   multishot ends (`ENOBUFS`, no `MORE` flag); the datagrams wait in the socket buffer and
 //!   the receive is re-armed at the end of the reap that returned the buffers.
-//! - **Send**: a slab of [`SendSlot`]s, each a boxed `msghdr` + `iovec` + address + control
+//! - **Send**: a slab of `SendSlot`s, each a boxed `msghdr` + `iovec` + address + control
 //!   buffer + the caller's `Vec<u8>`. `queue_send` fills a free slot and pushes one `SENDMSG`
 //!   (with UDP_SEGMENT for GSO); `flush` submits them all in one `io_uring_enter`. The slot
 //!   keeps everything alive until its completion, which recycles the `Vec` into the pool.
@@ -141,11 +141,14 @@ const fn split_user_data(data: u64) -> (u64, u64) {
     (data >> KIND_SHIFT, data & ((1 << KIND_SHIFT) - 1))
 }
 
+/// A name and the builder calls of one flag set to try.
+type RingFlags = (&'static str, fn(&mut io_uring::Builder));
+
 /// Builds a ring with the best flags the kernel accepts; returns it and whether it starts
 /// disabled (then [`IoUring::submitter`]`.register_enable_rings` must run first).
 fn build_ring(sq_entries: u32) -> io::Result<(IoUring, &'static str)> {
     let cq_entries = sq_entries.saturating_mul(4);
-    let attempts: [(&'static str, fn(&mut io_uring::Builder)); 3] = [
+    let attempts: [RingFlags; 3] = [
         ("single-issuer+defer-taskrun", |b| {
             b.setup_single_issuer()
                 .setup_defer_taskrun()
@@ -153,7 +156,9 @@ fn build_ring(sq_entries: u32) -> io::Result<(IoUring, &'static str)> {
                 .setup_r_disabled();
         }),
         ("coop-taskrun", |b| {
-            b.setup_coop_taskrun().setup_taskrun_flag().setup_r_disabled();
+            b.setup_coop_taskrun()
+                .setup_taskrun_flag()
+                .setup_r_disabled();
         }),
         ("plain", |b| {
             b.setup_r_disabled();
@@ -253,12 +258,17 @@ fn self_test(mut ring: IoUring) -> io::Result<()> {
             result = if c.result() < 0 {
                 Err(io::Error::from_raw_os_error(-c.result()))
             } else if cqueue::buffer_select(c.flags()).is_none() || !more {
-                Err(io::Error::other("completion without a buffer or the MORE flag"))
+                Err(io::Error::other(
+                    "completion without a buffer or the MORE flag",
+                ))
             } else {
                 Ok(())
             };
         }
-        if armed && !cancelled && (result.is_ok() || Instant::now() + Duration::from_millis(500) > deadline) {
+        if armed
+            && !cancelled
+            && (result.is_ok() || Instant::now() + Duration::from_millis(500) > deadline)
+        {
             let cancel = opcode::AsyncCancel::new(user_data(KIND_RECV, 0))
                 .build()
                 .user_data(user_data(KIND_CANCEL, 0));
@@ -378,6 +388,10 @@ pub struct UringUdp {
     socket: UdpSocket,
     recv_hdr: Box<libc::msghdr>,
     bufs: ManuallyDrop<BufRing>,
+    #[expect(
+        clippy::vec_box,
+        reason = "the kernel holds pointers into each slot: boxes keep them put when the Vec moves"
+    )]
     slots: Vec<Box<SendSlot>>,
     free_slots: Vec<usize>,
     pool: Vec<Vec<u8>>,
@@ -977,11 +991,7 @@ impl UdpBackend for UringUdp {
         self.rx.pop_front()
     }
 
-    fn wait(
-        &mut self,
-        deadline: Option<Instant>,
-        ready: &mut Vec<u64>,
-    ) -> io::Result<WaitOutcome> {
+    fn wait(&mut self, deadline: Option<Instant>, ready: &mut Vec<u64>) -> io::Result<WaitOutcome> {
         self.ensure_started()?;
         loop {
             self.reap();

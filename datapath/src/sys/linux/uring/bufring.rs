@@ -133,8 +133,8 @@ impl BufRing {
             return;
         }
         let slot = usize::from(self.tail & (self.entries - 1));
-        let addr = self.map.as_ptr() as u64
-            + (self.buffers_at + usize::from(bid) * self.buf_size) as u64;
+        let addr =
+            self.map.as_ptr() as u64 + (self.buffers_at + usize::from(bid) * self.buf_size) as u64;
         // SAFETY: `slot` < entries, so the slot lies inside the ring part of the mapping (which
         // is page-aligned, so aligned for the slot). It is past the published tail, so the
         // kernel does not read it now. We write the three fields through raw pointers, never

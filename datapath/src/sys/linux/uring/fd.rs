@@ -68,9 +68,7 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::R
         tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
     });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |ts| std::ptr::from_ref(ts));
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
     // SAFETY: `fds` is a live, exclusively borrowed slice of pollfd of the given length;
     // `ts_ptr` is null or points at a local that outlives the call; no signal mask.
     let n = unsafe {

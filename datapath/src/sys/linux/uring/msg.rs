@@ -164,7 +164,10 @@ pub(crate) struct RecvControl {
 pub(crate) fn decode_recv_control(mut bytes: &[u8]) -> RecvControl {
     let mut out = RecvControl::default();
     while bytes.len() >= CMSG_HDR {
-        let Ok(len) = bytes[..size_of::<usize>()].try_into().map(usize::from_ne_bytes) else {
+        let Ok(len) = bytes[..size_of::<usize>()]
+            .try_into()
+            .map(usize::from_ne_bytes)
+        else {
             break;
         };
         if len < CMSG_HDR || len > bytes.len() {
@@ -172,17 +175,17 @@ pub(crate) fn decode_recv_control(mut bytes: &[u8]) -> RecvControl {
         }
         let at = size_of::<usize>();
         let level = i32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-        let kind = i32::from_ne_bytes([
-            bytes[at + 4],
-            bytes[at + 5],
-            bytes[at + 6],
-            bytes[at + 7],
-        ]);
+        let kind = i32::from_ne_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
         let data = &bytes[CMSG_HDR..len];
-        let int = || data.get(..4).map(|d| i32::from_ne_bytes([d[0], d[1], d[2], d[3]]));
+        let int = || {
+            data.get(..4)
+                .map(|d| i32::from_ne_bytes([d[0], d[1], d[2], d[3]]))
+        };
         match (level, kind) {
             (libc::SOL_UDP, libc::UDP_GRO) => {
-                out.gro_size = int().and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0);
+                out.gro_size = int()
+                    .and_then(|v| usize::try_from(v).ok())
+                    .filter(|&v| v > 0);
             }
             // IP_TOS arrives as one byte; IPV6_TCLASS as an int.
             (libc::IPPROTO_IP, libc::IP_TOS) => out.ecn = data.first().map(|tos| tos & 0b11),
@@ -253,11 +256,18 @@ mod tests {
         let src: IpAddr = "198.18.0.1".parse().unwrap();
         let len = encode_send_control(&mut buf, None, Some(3), Some(src), false);
         let parsed = decode_recv_control(&buf.0[..len]);
-        assert_eq!(parsed.dst_ip, None, "in_pktinfo puts the source in ipi_spec_dst");
+        assert_eq!(
+            parsed.dst_ip, None,
+            "in_pktinfo puts the source in ipi_spec_dst"
+        );
         assert_eq!(parsed.ecn, Some(3));
         let len = encode_send_control(&mut buf, None, Some(1), Some(src), true);
         let parsed = decode_recv_control(&buf.0[..len]);
-        assert_eq!(parsed.dst_ip, Some(src), "v4 source on a v6 socket goes out mapped");
+        assert_eq!(
+            parsed.dst_ip,
+            Some(src),
+            "v4 source on a v6 socket goes out mapped"
+        );
         assert_eq!(parsed.ecn, Some(1));
     }
 
