@@ -70,6 +70,21 @@ impl PortableUdp {
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         let socket = super::bind_socket(addr)?;
         let state = UdpSocketState::new((&socket).into())?;
+        // quinn-udp turns on SO_TIMESTAMPNS, and its 96-byte control buffer cannot hold GRO +
+        // timestamp + PKTINFO + TOS: the TOS message (ECN) comes last and is truncated. We do
+        // not use receive timestamps, so turn them off and keep ECN.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            if let Err(e) = crate::sys::uring::set_int_opt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                0,
+            ) {
+                tracing::debug!(error = %e, "could not turn off SO_TIMESTAMPNS");
+            }
+        }
         let local_addr = socket.local_addr()?;
         #[cfg(target_os = "linux")]
         let waker = Waker::new_eventfd()?;
