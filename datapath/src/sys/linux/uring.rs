@@ -405,6 +405,7 @@ pub struct UringUdp {
     woken: bool,
     started: bool,
     recv_armed: bool,
+    recv_rearms: u64,
     waker_armed: bool,
     sends_in_flight: usize,
     local_addr: SocketAddr,
@@ -491,6 +492,7 @@ impl UringUdp {
             woken: false,
             started: false,
             recv_armed: false,
+            recv_rearms: 0,
             waker_armed: false,
             sends_in_flight: 0,
             local_addr,
@@ -506,6 +508,12 @@ impl UringUdp {
     /// `plain`.
     pub fn mode(&self) -> &'static str {
         self.mode
+    }
+
+    /// How many times the multishot receive was armed: 1 plus one per time the kernel ended it
+    /// (normally because every provided buffer was in use).
+    pub fn receive_arms(&self) -> u64 {
+        self.recv_rearms
     }
 
     /// Enables the ring on the calling thread and arms the standing requests.
@@ -528,6 +536,7 @@ impl UringUdp {
         if !self.recv_armed {
             self.push_recv()?;
             self.recv_armed = true;
+            self.recv_rearms += 1;
         }
         if !self.waker_armed {
             let fd = self.waker.raw_fd();
