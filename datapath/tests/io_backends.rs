@@ -547,3 +547,64 @@ fn source_address_and_dst_ip_pass_through() {
         assert_eq!((meta.len, meta.stride), (13, 13));
     }
 }
+
+/// Receives one batch within two seconds.
+fn recv_one(io: &mut dyn UdpBackend) -> (lanparty_datapath::io::RecvMeta, Vec<u8>) {
+    let mut ready = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        io.wait(Some(Instant::now() + Duration::from_millis(20)), &mut ready)
+            .unwrap();
+        if let Some((meta, data)) = io.poll_recv() {
+            return (meta, data.to_vec());
+        }
+        assert!(Instant::now() < deadline, "{}: nothing arrived", io.kind());
+    }
+}
+
+fn send_one(io: &mut dyn UdpBackend, to: SocketAddr, ecn: u8, payload: &[u8]) {
+    let mut buf = io.send_buffer();
+    buf.extend_from_slice(payload);
+    let meta = TransmitMeta {
+        destination: to,
+        src_ip: None,
+        ecn: Some(ecn),
+        segment_size: None,
+        len: buf.len(),
+    };
+    io.queue_send(meta, buf);
+    io.flush().unwrap();
+}
+
+#[test]
+fn dual_stack_socket_speaks_plain_ipv4_with_ecn() {
+    if UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).is_err() {
+        println!("SKIP dual stack: no IPv6 here");
+        return;
+    }
+    for kind in KINDS {
+        let (Some(mut server), Some(mut peer)) = (
+            open(kind, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            open(kind, V4),
+        ) else {
+            continue;
+        };
+        let server_v4 = SocketAddr::new(V4, server.local_addr().port());
+        send_one(peer.as_mut(), server_v4, 0b10, b"hello over v4");
+        let (meta, data) = recv_one(server.as_mut());
+        assert_eq!(data, b"hello over v4");
+        assert_eq!(
+            meta.source,
+            peer.local_addr(),
+            "{kind}: v4 source, not v4-mapped"
+        );
+        assert_eq!(meta.dst_ip, Some(V4), "{kind}");
+        assert_eq!(meta.ecn, Some(0b10), "{kind}");
+
+        send_one(server.as_mut(), meta.source, 0b01, b"reply");
+        let (meta, data) = recv_one(peer.as_mut());
+        assert_eq!(data, b"reply");
+        assert_eq!(meta.source, server_v4, "{kind}");
+        assert_eq!(meta.ecn, Some(0b01), "{kind}: ECN on a v4-mapped send");
+    }
+}

@@ -168,7 +168,7 @@ impl PortableUdp {
             };
             let out = RecvMeta {
                 source: unmap(meta.addr),
-                dst_ip: meta.dst_ip,
+                dst_ip: meta.dst_ip.map(|ip| ip.to_canonical()),
                 ecn: meta.ecn.map(|e| e as u8),
                 len: meta.len,
                 stride,

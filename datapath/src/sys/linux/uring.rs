@@ -337,9 +337,18 @@ impl SendSlot {
             .and_then(|s| u16::try_from(s).ok());
         self.gso = segment.is_some();
         let destination = map_destination(meta.destination, v6_socket);
+        let v4_destination = match destination {
+            SocketAddr::V4(_) => true,
+            SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+        };
         let name_len = msg::encode_sockaddr(destination, &mut self.name);
-        let control_len =
-            msg::encode_send_control(&mut self.control, segment, meta.ecn, meta.src_ip, v6_socket);
+        let control_len = msg::encode_send_control(
+            &mut self.control,
+            segment,
+            meta.ecn,
+            meta.src_ip,
+            v4_destination,
+        );
         self.iov = libc::iovec {
             iov_base: self.buf.as_mut_ptr().cast(),
             iov_len: len,
@@ -444,6 +453,10 @@ impl UringUdp {
     /// [`PortableUdp`](crate::io::PortableUdp)); [`OpenError::Io`] when the socket fails.
     pub fn bind(addr: SocketAddr, config: &UringConfig) -> Result<Self, OpenError> {
         let socket = crate::io::bind_socket(addr)?;
+        // io_uring always tries sends and receives without blocking and, on EAGAIN, arms a
+        // poll and retries. On an O_NONBLOCK socket some kernels hand the EAGAIN back
+        // instead, which would turn a full send buffer into dropped datagrams.
+        socket.set_nonblocking(false)?;
         let local_addr = socket.local_addr()?;
         let v6_socket = local_addr.is_ipv6();
         let fd = socket.as_raw_fd();

@@ -107,13 +107,17 @@ impl<'a> CmsgWriter<'a> {
 }
 
 /// Writes the control messages for one send: GSO segment size, ECN, source address.
-/// `v6_socket` picks the IPv6 forms of TOS and PKTINFO.
+///
+/// `v4_destination` (an IPv4 or v4-mapped destination) picks IP_TOS over IPV6_TCLASS: for a
+/// v4-mapped send on a dual-stack socket Linux runs the IPv4 path, which ignores IPV6_TCLASS.
+/// The source address picks IP_PKTINFO or IPV6_PKTINFO by its own family (the IPv4 path
+/// accepts both).
 pub(crate) fn encode_send_control(
     out: &mut ControlBuf,
     segment_size: Option<u16>,
     ecn: Option<u8>,
     src_ip: Option<IpAddr>,
-    v6_socket: bool,
+    v4_destination: bool,
 ) -> usize {
     let mut w = CmsgWriter::new(out);
     if let Some(size) = segment_size {
@@ -121,24 +125,20 @@ pub(crate) fn encode_send_control(
     }
     if let Some(ecn) = ecn {
         let tos = libc::c_int::from(ecn & 0b11);
-        if v6_socket {
-            w.push(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &tos.to_ne_bytes());
-        } else {
+        if v4_destination {
             w.push(libc::IPPROTO_IP, libc::IP_TOS, &tos.to_ne_bytes());
+        } else {
+            w.push(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &tos.to_ne_bytes());
         }
     }
     match src_ip {
-        Some(IpAddr::V4(ip)) if !v6_socket => {
+        Some(IpAddr::V4(ip)) => {
             // struct in_pktinfo { int ipi_ifindex; in_addr ipi_spec_dst; in_addr ipi_addr; }
             let mut info = [0u8; 12];
             info[4..8].copy_from_slice(&ip.octets());
             w.push(libc::IPPROTO_IP, libc::IP_PKTINFO, &info);
         }
-        Some(ip) => {
-            let ip = match ip {
-                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-                IpAddr::V6(v6) => v6,
-            };
+        Some(IpAddr::V6(ip)) => {
             // struct in6_pktinfo { in6_addr ipi6_addr; unsigned ipi6_ifindex; }
             let mut info = [0u8; 20];
             info[..16].copy_from_slice(&ip.octets());
@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn cmsg_layout_matches_libc_macros() {
         let mut buf = ControlBuf([0; CONTROL_LEN]);
-        let len = encode_send_control(&mut buf, Some(1200), Some(2), None, false);
+        let len = encode_send_control(&mut buf, Some(1200), Some(2), None, true);
         // SAFETY: CMSG_SPACE and CMSG_LEN are pure arithmetic.
         let (space, clen) = unsafe { (libc::CMSG_SPACE(2), libc::CMSG_LEN(2)) };
         // SAFETY: as above.
@@ -253,20 +253,21 @@ mod tests {
         let mut buf = ControlBuf([0; CONTROL_LEN]);
         // The receive parser reads the TOS and PKTINFO layouts we send.
         let src: IpAddr = "198.18.0.1".parse().unwrap();
-        let len = encode_send_control(&mut buf, None, Some(3), Some(src), false);
+        let len = encode_send_control(&mut buf, None, Some(3), Some(src), true);
         let parsed = decode_recv_control(&buf.0[..len]);
         // in_pktinfo carries the source in ipi_spec_dst; ipi_addr (what a receiver reads as
         // the destination) stays zero.
         assert_eq!(parsed.dst_ip, Some(Ipv4Addr::UNSPECIFIED.into()));
         assert_eq!(parsed.ecn, Some(3));
-        let len = encode_send_control(&mut buf, None, Some(1), Some(src), true);
+        let src6: IpAddr = "fd00::1".parse().unwrap();
+        let len = encode_send_control(&mut buf, None, Some(1), Some(src6), false);
         let parsed = decode_recv_control(&buf.0[..len]);
         assert_eq!(
             parsed.dst_ip,
-            Some(src),
-            "v4 source on a v6 socket goes out mapped"
+            Some(src6),
+            "in6_pktinfo carries the address itself"
         );
-        assert_eq!(parsed.ecn, Some(1));
+        assert_eq!(parsed.ecn, Some(1), "IPV6_TCLASS for an IPv6 destination");
     }
 
     #[test]
