@@ -354,7 +354,8 @@ fn waker_ends_a_sleeping_wait_from_another_thread() {
         assert!(!outcome.timed_out);
         let latency = returned_at.saturating_duration_since(woke_at);
         println!("{kind}: waker latency {latency:?}");
-        assert!(latency < Duration::from_millis(250), "{kind}: {latency:?}");
+        // Generous for a loaded CI machine; a broken waker sleeps the full 10 s.
+        assert!(latency < Duration::from_millis(500), "{kind}: {latency:?}");
     }
 }
 
@@ -373,7 +374,7 @@ fn wait_returns_at_the_deadline() {
         assert!(outcome.timed_out, "{kind}: {outcome:?}");
         assert!(!outcome.received && !outcome.woken);
         assert!(took >= Duration::from_millis(50), "{kind}: early, {took:?}");
-        assert!(took < Duration::from_millis(300), "{kind}: late, {took:?}");
+        assert!(took < Duration::from_millis(1000), "{kind}: late, {took:?}");
         // A deadline in the past returns at once.
         let start = Instant::now();
         assert!(io.wait(Some(start), &mut ready).unwrap().timed_out);

@@ -748,11 +748,9 @@ impl UringUdp {
             }
         } else {
             self.counters.send_errors += 1;
-            if slot.gso
-                && (result == -libc::EIO || result == -libc::EINVAL)
-                && self.max_gso_segments > 1
-            {
-                // Same policy as quinn-udp: a device without checksum offload rejects GSO.
+            if slot.gso && result == -libc::EIO && self.max_gso_segments > 1 {
+                // Same policy as quinn-udp: a device without checksum offload rejects GSO with
+                // EIO. (EINVAL means a malformed batch, the caller's bug, not the device's.)
                 tracing::info!(
                     errno = -result,
                     "UDP GSO send failed; disabling GSO on this socket"
@@ -996,6 +994,9 @@ impl UdpBackend for UringUdp {
 
     fn flush(&mut self) -> io::Result<()> {
         self.ensure_started()?;
+        if self.ring.submission().is_empty() {
+            return Ok(()); // no system call when there is nothing to submit
+        }
         loop {
             match self.ring.submit() {
                 Ok(_) => return Ok(()),
