@@ -609,3 +609,30 @@ fn dual_stack_socket_speaks_plain_ipv4_with_ecn() {
         assert_eq!(meta.ecn, Some(0b01), "{kind}: ECN on a v4-mapped send");
     }
 }
+
+#[test]
+fn send_errors_are_counted_not_returned() {
+    for kind in KINDS {
+        let Some(mut io) = open(kind, V4) else {
+            continue;
+        };
+        // An IPv4 socket cannot reach an IPv6 address: the kernel rejects the send.
+        send_one(io.as_mut(), SocketAddr::new(V6, 9), 0, b"nowhere");
+        let mut ready = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while io.counters().send_errors == 0 && Instant::now() < deadline {
+            io.wait(Some(Instant::now() + Duration::from_millis(10)), &mut ready)
+                .unwrap();
+        }
+        let c = io.counters();
+        assert_eq!((c.send_errors, c.datagrams_sent), (1, 0), "{kind}: {c:?}");
+        // The loop carries on: a good send still works.
+        let plain = UdpSocket::bind((V4, 0)).unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        send_one(io.as_mut(), plain.local_addr().unwrap(), 0, b"fine");
+        let mut got = [0u8; 8];
+        assert_eq!(plain.recv(&mut got).unwrap(), 4, "{kind}");
+    }
+}
