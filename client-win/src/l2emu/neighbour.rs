@@ -38,17 +38,17 @@ impl Default for NeighbourConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Reachable {
+    mac: Mac,
+    expires: Instant,
+}
+
 #[derive(Debug)]
-enum Entry {
-    Reachable {
-        mac: Mac,
-        expires: Instant,
-    },
-    Pending {
-        tries: u32,
-        next_try: Instant,
-        queue: Vec<Vec<u8>>,
-    },
+struct Pending {
+    tries: u32,
+    next_try: Instant,
+    queue: Vec<Vec<u8>>,
 }
 
 /// What a lookup decided.
@@ -75,76 +75,71 @@ pub(crate) struct Expired {
     pub(crate) dropped: u64,
 }
 
+/// Reachable and pending entries live in separate maps so that the timer scan touches only
+/// the (few) pending ones.
 #[derive(Debug)]
 pub(crate) struct NeighbourCache {
     config: NeighbourConfig,
-    entries: HashMap<IpAddr, Entry>,
+    reachable: HashMap<IpAddr, Reachable>,
+    pending: HashMap<IpAddr, Pending>,
 }
 
 impl NeighbourCache {
     pub(crate) fn new(config: NeighbourConfig) -> Self {
         Self {
             config,
-            entries: HashMap::new(),
+            reachable: HashMap::new(),
+            pending: HashMap::new(),
         }
+    }
+
+    fn len(&self) -> usize {
+        self.reachable.len() + self.pending.len()
     }
 
     /// The MAC for `ip`, if reachable now.
     pub(crate) fn get(&self, now: Instant, ip: IpAddr) -> Option<Mac> {
-        match self.entries.get(&ip) {
-            Some(Entry::Reachable { mac, expires }) if now < *expires => Some(*mac),
-            _ => None,
-        }
+        self.reachable
+            .get(&ip)
+            .filter(|r| now < r.expires)
+            .map(|r| r.mac)
     }
 
     /// Finds the MAC for `ip` or queues `packet` until it is known.
     pub(crate) fn lookup_or_queue(&mut self, now: Instant, ip: IpAddr, packet: &[u8]) -> Lookup {
-        if !self.entries.contains_key(&ip) && !self.make_room(now) {
+        if let Some(mac) = self.get(now, ip) {
+            return Lookup::Hit(mac);
+        }
+        if let Some(pending) = self.pending.get_mut(&ip) {
+            if pending.queue.len() >= self.config.max_queued {
+                return Lookup::QueueFull;
+            }
+            pending.queue.push(packet.to_vec());
+            return Lookup::Queued { solicit: false };
+        }
+        // An expired entry turns into a pending one; a new neighbour needs room.
+        let expired = self.reachable.remove(&ip).is_some();
+        if !expired && !self.make_room(now) {
             return Lookup::CacheFull;
         }
-        let entry = self.entries.entry(ip).or_insert(Entry::Pending {
-            tries: 0,
-            next_try: now,
-            queue: Vec::new(),
-        });
-        match entry {
-            Entry::Reachable { mac, expires } if now < *expires => Lookup::Hit(*mac),
-            Entry::Reachable { .. } => {
-                *entry = Entry::Pending {
-                    tries: 1,
-                    next_try: now + self.config.retry_interval,
-                    queue: vec![packet.to_vec()],
-                };
-                Lookup::Queued { solicit: true }
-            }
-            Entry::Pending {
-                tries,
-                next_try,
-                queue,
-            } => {
-                if queue.len() >= self.config.max_queued {
-                    return Lookup::QueueFull;
-                }
-                queue.push(packet.to_vec());
-                if *tries == 0 {
-                    *tries = 1;
-                    *next_try = now + self.config.retry_interval;
-                    Lookup::Queued { solicit: true }
-                } else {
-                    Lookup::Queued { solicit: false }
-                }
-            }
-        }
+        self.pending.insert(
+            ip,
+            Pending {
+                tries: 1,
+                next_try: now + self.config.retry_interval,
+                queue: vec![packet.to_vec()],
+            },
+        );
+        Lookup::Queued { solicit: true }
     }
 
     /// Evicts expired entries when the cache is full; false when there is still no room.
     fn make_room(&mut self, now: Instant) -> bool {
-        if self.entries.len() < self.config.max_entries {
+        if self.len() < self.config.max_entries {
             return true;
         }
-        self.entries
-            .retain(|_, e| !matches!(e, Entry::Reachable { expires, .. } if now >= *expires));
-        self.entries.len() < self.config.max_entries
+        self.reachable.retain(|_, r| now < r.expires);
+        self.len() < self.config.max_entries
     }
 
     /// Records that `ip` is at `mac`; returns the packets that waited for it.
@@ -157,59 +152,51 @@ impl NeighbourCache {
         mac: Mac,
         create: bool,
     ) -> Option<Vec<Vec<u8>>> {
-        if !self.entries.contains_key(&ip) && (!create || !self.make_room(now)) {
+        let known = self.reachable.contains_key(&ip) || self.pending.contains_key(&ip);
+        if !known && (!create || !self.make_room(now)) {
             return None;
         }
-        let new = Entry::Reachable {
-            mac,
-            expires: now + self.config.reachable,
-        };
-        match self.entries.insert(ip, new) {
-            Some(Entry::Pending { queue, .. }) if !queue.is_empty() => Some(queue),
-            _ => None,
-        }
+        self.reachable.insert(
+            ip,
+            Reachable {
+                mac,
+                expires: now + self.config.reachable,
+            },
+        );
+        self.pending
+            .remove(&ip)
+            .map(|p| p.queue)
+            .filter(|q| !q.is_empty())
     }
 
     /// Forgets every entry.
     pub(crate) fn clear(&mut self) {
-        self.entries.clear();
+        self.reachable.clear();
+        self.pending.clear();
     }
 
     /// The next retry deadline of a pending resolution.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.entries
-            .values()
-            .filter_map(|e| match e {
-                Entry::Pending {
-                    tries, next_try, ..
-                } if *tries > 0 => Some(*next_try),
-                _ => None,
-            })
-            .min()
+        self.pending.values().map(|p| p.next_try).min()
     }
 
     /// Retries or gives up on pending resolutions whose deadline has passed.
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Expired {
         let mut out = Expired::default();
         let config = &self.config;
-        self.entries.retain(|ip, e| match e {
-            Entry::Pending {
-                tries,
-                next_try,
-                queue,
-            } if *tries > 0 && now >= *next_try => {
-                if *tries >= config.max_tries {
-                    out.failed += 1;
-                    out.dropped += queue.len() as u64;
-                    false
-                } else {
-                    *tries += 1;
-                    *next_try = now + config.retry_interval;
-                    out.resolicit.push(*ip);
-                    true
-                }
+        self.pending.retain(|ip, p| {
+            if now < p.next_try {
+                true
+            } else if p.tries >= config.max_tries {
+                out.failed += 1;
+                out.dropped += p.queue.len() as u64;
+                false
+            } else {
+                p.tries += 1;
+                p.next_try = now + config.retry_interval;
+                out.resolicit.push(*ip);
+                true
             }
-            _ => true,
         });
         out
     }
