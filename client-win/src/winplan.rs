@@ -113,6 +113,18 @@ pub struct AddressConfig {
     pub mtu: u32,
 }
 
+impl AddressConfig {
+    /// An address with the default MTU, as DHCP ([`crate::l2emu::Event::AddressAcquired`]) or
+    /// static configuration gives it.
+    pub fn new(addr: Ipv4Addr, prefix: u8, router: Option<Ipv4Addr>) -> Self {
+        Self {
+            address: Ipv4Net { addr, prefix },
+            router,
+            mtu: DEFAULT_MTU,
+        }
+    }
+}
+
 /// Options of the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanOptions {

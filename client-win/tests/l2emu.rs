@@ -1013,3 +1013,66 @@ proptest! {
         prop_assert_eq!(emu.counters().dhcp_in, 1);
     }
 }
+
+/// A router advertisement from `router` (link-local) with lifetime `lifetime` s, its
+/// link-layer address and an on-link prefix 2001:db8:1::/64.
+fn ra_frame(router: Ipv6Addr, lifetime: u16) -> Vec<u8> {
+    let mut payload = vec![0u8; 8]; // reachable time, retrans timer
+    payload.extend_from_slice(&[1, 1]);
+    payload.extend_from_slice(&ROUTER_MAC.0);
+    let mut prefix = vec![3, 4, 64, 0xc0];
+    prefix.extend_from_slice(&3600u32.to_be_bytes());
+    prefix.extend_from_slice(&1800u32.to_be_bytes());
+    prefix.extend_from_slice(&[0; 4]);
+    prefix.extend_from_slice(&"2001:db8:1::".parse::<Ipv6Addr>().unwrap().octets());
+    payload.extend_from_slice(&prefix);
+    let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC.0, [0x33, 0x33, 0, 0, 0, 1])
+        .ipv6(router.octets(), all_nodes.octets(), 255)
+        .icmpv6(Icmpv6Type::RouterAdvertisement(
+            etherparse::icmpv6::RouterAdvertisementHeader {
+                cur_hop_limit: 64,
+                managed_address_config: false,
+                other_config: false,
+                router_lifetime: lifetime,
+            },
+        ))
+        .write(&mut out, &payload)
+        .unwrap();
+    out
+}
+
+#[test]
+fn ipv6_off_link_goes_to_the_advertised_router() {
+    let now = Instant::now();
+    let mut emu = static_emulator(now);
+    let ours: Ipv6Addr = "2001:db8:1::10".parse().unwrap();
+    emu.add_ipv6(ours);
+    let router = link_local(ROUTER_MAC);
+    emu.handle_frame(now, &ra_frame(router, 1800));
+    assert_eq!(emu.counters().router_advertisements, 1);
+    assert_eq!(
+        drain_packets(&mut emu).len(),
+        1,
+        "the RA reaches the adapter"
+    );
+    // The RA's source link-layer address filled the cache, so off-link traffic leaves at once.
+    let remote = udp6_packet(ours, "2001:db8:99::1".parse().unwrap());
+    emu.handle_packet(now, &remote);
+    let frames = drain_frames(&mut emu);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(eth(&frames[0]), (ROUTER_MAC, OUR_MAC, 0x86dd));
+    assert_eq!(&frames[0][14..], &remote[..]);
+    // A destination in the advertised on-link prefix is resolved directly.
+    let neighbour: Ipv6Addr = "2001:db8:1::20".parse().unwrap();
+    emu.handle_packet(now, &udp6_packet(ours, neighbour));
+    let frames = drain_frames(&mut emu);
+    assert_eq!(eth(&frames[0]).0, solicited(neighbour).1);
+    // A router lifetime of zero withdraws the router.
+    emu.handle_frame(now, &ra_frame(router, 0));
+    let far: Ipv6Addr = "2001:db8:77::1".parse().unwrap();
+    emu.handle_packet(now, &udp6_packet(ours, far));
+    let frames = drain_frames(&mut emu);
+    assert_eq!(eth(&frames[0]).0, solicited(far).1);
+}

@@ -54,11 +54,11 @@ fn net(addr: Ipv4Addr, prefix: u8) -> Ipv4Net {
 }
 
 fn config() -> AddressConfig {
-    AddressConfig {
-        address: net(Ipv4Addr::new(198, 18, 0, 77), 24),
-        router: Some(Ipv4Addr::new(198, 18, 0, 1)),
-        mtu: 1500,
-    }
+    AddressConfig::new(
+        Ipv4Addr::new(198, 18, 0, 77),
+        24,
+        Some(Ipv4Addr::new(198, 18, 0, 1)),
+    )
 }
 
 fn on_link(prefix: Ipv4Net) -> Route {

@@ -19,8 +19,9 @@
 //!   for 255.255.255.255 and the subnet-directed broadcast, 01:00:5e + low 23 bits for IPv4
 //!   multicast (RFC 1112), 33:33 + low 32 bits for IPv6 multicast (RFC 2464), and for unicast
 //!   the neighbour's MAC (on-link) or the router's (off-link, IPv4 only), resolved with ARP or
-//!   a neighbour solicitation when unknown. Every IPv6 unicast destination is treated as
-//!   on-link: the emulator does not process router advertisements.
+//!   a neighbour solicitation when unknown. For IPv6 the router and the on-link prefixes come
+//!   from router advertisements, which also reach the adapter; link-local destinations, and
+//!   every destination while no router is known, are resolved on-link.
 //! - Timers ([`Emulator::poll_timeout`], [`Emulator::handle_timeout`]) drive ARP/NS retries and
 //!   the DHCP client.
 //!
@@ -48,6 +49,8 @@ use dhcp::{Destination, DhcpClient};
 use neighbour::{Lookup, NeighbourCache};
 use wire::{Arp, Ipv4Info};
 
+/// On-link IPv6 prefixes remembered from router advertisements.
+const MAX_ON_LINK_PREFIXES: usize = 8;
 /// Buffers kept for reuse by [`Emulator::recycle`].
 const POOL_LIMIT: usize = 64;
 /// Capacity of a fresh buffer: a full 1500-byte packet plus an Ethernet header.
@@ -192,8 +195,10 @@ pub struct Counters {
     pub ns_ignored: u64,
     /// Neighbour advertisements that updated the cache.
     pub na_learned: u64,
-    /// NS/NA with a bad checksum, hop limit or length.
+    /// NS/NA/RA with a bad checksum, hop limit, source or length.
     pub ndp_invalid: u64,
+    /// Router advertisements learned from (they also go to the adapter).
+    pub router_advertisements: u64,
     /// UDP/68 packets given to the DHCP client.
     pub dhcp_in: u64,
     /// DHCP messages the client ignored (wrong xid, wrong state, undecodable).
@@ -230,6 +235,10 @@ pub struct Emulator {
     mac: Mac,
     ipv4: Option<Ipv4Config>,
     ipv6: Vec<Ipv6Addr>,
+    /// The default router from the last router advertisement, until its lifetime ends.
+    ipv6_router: Option<(Ipv6Addr, Instant)>,
+    /// On-link prefixes from router advertisements, until their valid lifetime ends.
+    ipv6_on_link: Vec<(Ipv6Addr, u8, Instant)>,
     dhcp: Option<DhcpClient>,
     neighbours: NeighbourCache,
     frames: VecDeque<Vec<u8>>,
@@ -250,6 +259,8 @@ impl Emulator {
             mac: config.mac,
             ipv4: None,
             ipv6: vec![link_local],
+            ipv6_router: None,
+            ipv6_on_link: Vec::new(),
             dhcp: None,
             neighbours: NeighbourCache::new(config.neighbours),
             frames: VecDeque::new(),
@@ -472,8 +483,66 @@ impl Emulator {
             self.ndp(now, src_mac, &info, body);
             return;
         }
+        if info.next_header == wire::PROTO_ICMPV6 && body.first() == Some(&wire::ICMPV6_RA) {
+            // The adapter's stack sees the advertisement too (for SLAAC); the emulator keeps
+            // the router and the on-link prefixes for choosing next hops.
+            self.router_advertisement(now, src_mac, &info, body);
+        }
         self.counters.ipv6_to_adapter += 1;
         self.queue_for_adapter(packet);
+    }
+
+    /// Learns the default router and on-link prefixes from a router advertisement
+    /// (RFC 4861 sections 4.2, 4.6.2 and 6.3.4).
+    fn router_advertisement(
+        &mut self,
+        now: Instant,
+        src_mac: Mac,
+        ip: &wire::Ipv6Info,
+        icmp: &[u8],
+    ) {
+        // RFC 4861 6.1.2: link-local source, hop limit 255, code 0, length >= 16.
+        let link_local_source = ip.src.segments()[0] & 0xffc0 == 0xfe80;
+        if !link_local_source
+            || ip.hop_limit != 255
+            || icmp.len() < 16
+            || icmp[1] != 0
+            || wire::icmpv6_checksum(ip.src, ip.dst, icmp) != 0
+        {
+            self.counters.ndp_invalid += 1;
+            return;
+        }
+        self.counters.router_advertisements += 1;
+        let lifetime = Duration::from_secs(u64::from(u16::from_be_bytes([icmp[6], icmp[7]])));
+        self.ipv6_router = (!lifetime.is_zero()).then_some((ip.src, now + lifetime));
+        let options = &icmp[16..];
+        let mac = wire::ndp_lladdr(options, wire::NDP_OPT_SLLA).unwrap_or(src_mac);
+        self.learn(now, IpAddr::V6(ip.src), mac, true);
+        for (prefix, len, valid) in wire::ndp_on_link_prefixes(options) {
+            self.ipv6_on_link
+                .retain(|(p, l, _)| (*p, *l) != (prefix, len));
+            if valid > 0 && self.ipv6_on_link.len() < MAX_ON_LINK_PREFIXES {
+                let until = now + Duration::from_secs(u64::from(valid));
+                self.ipv6_on_link.push((prefix, len, until));
+            }
+        }
+    }
+
+    /// The next hop for an IPv6 unicast destination: the destination itself when it is
+    /// link-local or in an advertised on-link prefix, else the advertised router, else the
+    /// destination (no router known: try it on-link).
+    fn ipv6_next_hop(&self, now: Instant, dst: Ipv6Addr) -> Ipv6Addr {
+        if dst.segments()[0] & 0xffc0 == 0xfe80 {
+            return dst;
+        }
+        let on_link = self
+            .ipv6_on_link
+            .iter()
+            .any(|(p, l, until)| now < *until && wire::ipv6_prefix_match(dst, *p, *l));
+        match self.ipv6_router {
+            Some((router, until)) if !on_link && now < until => router,
+            _ => dst,
+        }
     }
 
     /// Handles a neighbour solicitation or advertisement (RFC 4861 sections 7.1 and 7.2).
@@ -635,7 +704,8 @@ impl Emulator {
                 if info.dst.is_multicast() {
                     self.emit_packet(wire::ipv6_multicast_mac(info.dst), packet);
                 } else {
-                    self.resolve(now, IpAddr::V6(info.dst), packet);
+                    let hop = self.ipv6_next_hop(now, info.dst);
+                    self.resolve(now, IpAddr::V6(hop), packet);
                 }
             }
             _ => self.counters.malformed_packets += 1,

@@ -11,6 +11,8 @@ use lanparty_datapath::Mac;
 pub(crate) const PROTO_UDP: u8 = 17;
 /// IPv6 next-header value of ICMPv6.
 pub(crate) const PROTO_ICMPV6: u8 = 58;
+/// ICMPv6 router advertisement.
+pub(crate) const ICMPV6_RA: u8 = 134;
 /// ICMPv6 neighbour solicitation.
 pub(crate) const ICMPV6_NS: u8 = 135;
 /// ICMPv6 neighbour advertisement.
@@ -293,6 +295,38 @@ pub(crate) fn ndp_lladdr(mut options: &[u8], kind: u8) -> Option<Mac> {
     None
 }
 
+/// NDP option: prefix information.
+const NDP_OPT_PREFIX: u8 = 3;
+
+/// The on-link prefixes of a router advertisement's prefix information options (RFC 4861
+/// section 4.6.2): (prefix, length, valid lifetime in seconds) for each option with the L flag.
+pub(crate) fn ndp_on_link_prefixes(mut options: &[u8]) -> Vec<(Ipv6Addr, u8, u32)> {
+    let mut out = Vec::new();
+    while options.len() >= 2 {
+        let len = usize::from(options[1]) * 8;
+        if len == 0 || len > options.len() {
+            break;
+        }
+        let opt = &options[..len];
+        if opt[0] == NDP_OPT_PREFIX && len == 32 && opt[3] & 0x80 != 0 && opt[2] <= 128 {
+            let valid = u32::from_be_bytes([opt[4], opt[5], opt[6], opt[7]]);
+            if let Some(prefix) = ipv6_at(opt, 16) {
+                out.push((prefix, opt[2], valid));
+            }
+        }
+        options = &options[len..];
+    }
+    out
+}
+
+/// True when the first `len` bits of `addr` and `prefix` agree.
+pub(crate) fn ipv6_prefix_match(addr: Ipv6Addr, prefix: Ipv6Addr, len: u8) -> bool {
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(len.min(128)))
+        .unwrap_or(0);
+    (u128::from(addr) ^ u128::from(prefix)) & mask == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +352,15 @@ mod tests {
             eui64_link_local(Mac([0x00, 0x11, 0x22, 0x33, 0x44, 0x55])),
             "fe80::211:22ff:fe33:4455".parse::<Ipv6Addr>().unwrap()
         );
+    }
+
+    #[test]
+    fn prefix_match() {
+        let a: Ipv6Addr = "2001:db8:1:2::5".parse().unwrap();
+        let p: Ipv6Addr = "2001:db8:1::".parse().unwrap();
+        assert!(ipv6_prefix_match(a, p, 48));
+        assert!(!ipv6_prefix_match(a, p, 64));
+        assert!(ipv6_prefix_match(a, Ipv6Addr::UNSPECIFIED, 0));
     }
 
     #[test]
