@@ -657,6 +657,11 @@ fn dhcp_discover_offer_request_ack() {
     let now = Instant::now();
     let mut emu = dhcp_emulator(now, 1);
     assert_eq!(emu.dhcp_state(), Some(DhcpState::Selecting));
+    assert_eq!(
+        emu.status_hint(),
+        None,
+        "one DISCOVER is no reason to worry"
+    );
     let (dst_mac, src, dst, discover) = one_dhcp(&mut emu);
     assert_eq!(
         (dst_mac, src, dst),
@@ -865,6 +870,8 @@ fn dhcp_retransmits_with_backoff() {
     };
     assert_eq!(schedule(9), schedule(9));
     assert_ne!(schedule(9), schedule(10));
+    let hint = emu.status_hint().expect("a silent LAN is worth a hint");
+    assert!(hint.contains("no DHCP offer"), "{hint}");
 }
 
 #[test]

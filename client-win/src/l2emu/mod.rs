@@ -49,6 +49,8 @@ use dhcp::{Destination, DhcpClient};
 use neighbour::{Lookup, NeighbourCache};
 use wire::{Arp, Ipv4Info};
 
+/// DISCOVERs without an offer before [`Emulator::status_hint`] mentions it.
+pub const DHCP_SILENT_HINT_AFTER: u64 = 3;
 /// On-link IPv6 prefixes remembered from router advertisements.
 const MAX_ON_LINK_PREFIXES: usize = 8;
 /// Buffers kept for reuse by [`Emulator::recycle`].
@@ -111,7 +113,8 @@ pub struct Config {
     pub ipv6_link_local: Option<Ipv6Addr>,
     /// Neighbour cache limits and timers.
     pub neighbours: NeighbourConfig,
-    /// Seed for DHCP transaction ids and retransmission jitter.
+    /// Seed for DHCP transaction ids and retransmission jitter. Use a random seed outside
+    /// tests (`rand::random()`): clients with equal seeds pick equal transaction ids.
     pub seed: u64,
 }
 
@@ -338,7 +341,19 @@ impl Emulator {
     }
 
     /// A one-line hint for the status display, when something the player can fix is wrong.
+    ///
+    /// A DHCP client still selecting after [`DHCP_SILENT_HINT_AFTER`] DISCOVERs asks whether the
+    /// party LAN has a DHCP server; otherwise dropped non-IP frames point at `--adapter tap`.
     pub fn status_hint(&self) -> Option<String> {
+        if self.dhcp_state() == Some(DhcpState::Selecting)
+            && self.counters.dhcp_out >= DHCP_SILENT_HINT_AFTER
+        {
+            return Some(format!(
+                "no DHCP offer after {} requests: is a DHCP server running on the party LAN \
+                 (or set a static address)?",
+                self.counters.dhcp_out
+            ));
+        }
         (self.counters.non_ip_dropped > 0).then(|| {
             format!(
                 "{} non-IP frames (IPX, NetBIOS/802.3) dropped: this adapter carries IP only; \
