@@ -37,8 +37,6 @@ pub mod config;
 mod driver;
 pub mod tls;
 
-use std::net::{IpAddr, SocketAddr};
-
 pub use config::{DriverConfig, TransportSettings};
 pub use driver::{
     CLOSE_HANDSHAKE_TIMEOUT, CloseCause, ConnId, ConnStats, ConnectError, ControlError,
@@ -47,37 +45,4 @@ pub use driver::{
 /// The quinn-proto types that appear in the driver's API, so callers need not depend on it.
 pub use quinn_proto::{ClientConfig, ConnectionError, ConnectionHandle};
 
-/// Where a received UDP payload came from.
-///
-/// The io backends fill it from the receive cmsgs. It mirrors the io module's definition field
-/// for field; the two are unified when the modules are merged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecvMeta {
-    /// The sender.
-    pub source: SocketAddr,
-    /// The local address the datagram was sent to (`IP_PKTINFO`), if known.
-    pub dst_ip: Option<IpAddr>,
-    /// The 2-bit IP ECN codepoint of the datagram, if known.
-    pub ecn: Option<u8>,
-    /// Bytes of payload in the buffer; the driver ignores anything past it.
-    pub len: usize,
-    /// Size of each datagram of a GRO batch (the last one may be shorter); equal to `len` for a
-    /// single datagram. Zero is treated as `len`.
-    pub stride: usize,
-}
-
-/// What to do with the bytes [`Driver::poll_transmit`] wrote into the caller's buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TransmitMeta {
-    /// The peer to send to.
-    pub destination: SocketAddr,
-    /// The local address to send from (`IP_PKTINFO`), if it matters.
-    pub src_ip: Option<IpAddr>,
-    /// The 2-bit IP ECN codepoint to set, if any.
-    pub ecn: Option<u8>,
-    /// For a GSO batch, the size of every datagram but the last (`UDP_SEGMENT`); `None` for a
-    /// single datagram.
-    pub segment_size: Option<usize>,
-    /// Bytes written into the buffer (the whole batch).
-    pub len: usize,
-}
+pub use crate::io::{RecvMeta, TransmitMeta};
