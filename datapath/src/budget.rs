@@ -371,17 +371,26 @@ mod tests {
                 if ack {
                     step = step.ack(7);
                 }
-                step.options_raw(options).unwrap().write(&mut out, payload).unwrap();
+                step.options_raw(options)
+                    .unwrap()
+                    .write(&mut out, payload)
+                    .unwrap();
             }};
         }
         match (ip, vlan) {
             (Ip::V4, false) => finish!(eth.ipv4(SRC4, DST4, 64)),
             (Ip::V6, false) => finish!(eth.ipv6(SRC6, DST6, 64)),
             (Ip::V4, true) => {
-                finish!(eth.single_vlan(VlanId::try_new(7).unwrap()).ipv4(SRC4, DST4, 64))
+                finish!(
+                    eth.single_vlan(VlanId::try_new(7).unwrap())
+                        .ipv4(SRC4, DST4, 64)
+                )
             }
             (Ip::V6, true) => {
-                finish!(eth.single_vlan(VlanId::try_new(7).unwrap()).ipv6(SRC6, DST6, 64))
+                finish!(
+                    eth.single_vlan(VlanId::try_new(7).unwrap())
+                        .ipv6(SRC6, DST6, 64)
+                )
             }
         }
         out
@@ -457,7 +466,13 @@ mod tests {
         let mut f = syn(Ip::V4, false, true, false, &mss_option(1460), &[]);
         assert_eq!(parsed_mss(&f), Some(1460));
         let out = clamp_mss(&mut f, Budget::INITIAL_QUIC);
-        assert_eq!(out, ClampOutcome::Clamped { from: 1460, to: 1107 });
+        assert_eq!(
+            out,
+            ClampOutcome::Clamped {
+                from: 1460,
+                to: 1107
+            }
+        );
         assert_eq!(parsed_mss(&f), Some(1107));
         // The clamped SYN, with the largest segment it announces, travels whole.
         assert_eq!(14 + 20 + 20 + 1107, Budget::INITIAL_QUIC.max_whole_frame());
@@ -465,11 +480,22 @@ mod tests {
 
     #[test]
     fn ipv6_syn_ack_with_vlan_tag_is_clamped() {
-        let opts = [&[TCP_OPTION_NOP][..], &mss_option(1440), &[TCP_OPTION_NOP; 3]].concat();
+        let opts = [
+            &[TCP_OPTION_NOP][..],
+            &mss_option(1440),
+            &[TCP_OPTION_NOP; 3],
+        ]
+        .concat();
         let mut f = syn(Ip::V6, true, true, true, &opts, &[]);
         let out = clamp_mss(&mut f, Budget::INITIAL_QUIC);
         // 1161 - 18 - 40 - 20; the MSS sits at an odd offset of the segment.
-        assert_eq!(out, ClampOutcome::Clamped { from: 1440, to: 1083 });
+        assert_eq!(
+            out,
+            ClampOutcome::Clamped {
+                from: 1440,
+                to: 1083
+            }
+        );
         assert_eq!(parsed_mss(&f), Some(1083));
     }
 

@@ -274,10 +274,10 @@ impl Partial {
             if rest % others != 0 || rest / others < MIN_STRIDE.max(len) {
                 return None;
             }
-            if let Some(stride) = self.stride {
-                if others * usize::from(stride) + len != total {
-                    return None;
-                }
+            if let Some(stride) = self.stride
+                && others * usize::from(stride) + len != total
+            {
+                return None;
             }
             self.last_len = Some(len as u16);
             Some(total - len)
@@ -290,10 +290,10 @@ impl Partial {
                     if len < MIN_STRIDE || others * len >= total || others * len + len < total {
                         return None;
                     }
-                    if let Some(last) = self.last_len {
-                        if others * len + usize::from(last) != total {
-                            return None;
-                        }
+                    if let Some(last) = self.last_len
+                        && others * len + usize::from(last) != total
+                    {
+                        return None;
                     }
                     self.stride = Some(len as u16);
                     Some(usize::from(index) * len)
@@ -524,4 +524,381 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         }
         Some(partial)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + 3) as u8).collect()
+    }
+
+    fn split(f: &mut Fragmenter, frame: &[u8], b: Budget) -> Vec<Bytes> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        f.fragment(frame, b, &mut buf, |d| out.push(d)).unwrap();
+        out
+    }
+
+    fn config() -> ReassemblyConfig {
+        ReassemblyConfig::default()
+    }
+
+    #[test]
+    fn frame_that_fits_travels_whole() {
+        let mut f = Fragmenter::new();
+        let fr = frame(1161);
+        let out = split(&mut f, &fr, Budget::INITIAL_QUIC);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0][0], 0x10);
+        assert_eq!(&out[0][1..], &fr[..]);
+        assert_eq!(f.next_frame_id(), 0, "whole frames use no frame id");
+    }
+
+    #[test]
+    fn large_frame_is_fragmented_with_full_strides() {
+        let mut f = Fragmenter::with_first_id(0xffff);
+        let fr = frame(1518);
+        let out = split(&mut f, &fr, Budget::INITIAL_QUIC);
+        assert_eq!(out.len(), 2);
+        assert_eq!(&out[0][..6], &[0x11, 0xff, 0xff, 0x02, 0x05, 0xee]);
+        assert_eq!(out[0].len(), 1162);
+        assert_eq!(&out[1][..6], &[0x11, 0xff, 0xff, 0x12, 0x05, 0xee]);
+        assert_eq!(out[1].len(), 6 + 1518 - 1156);
+        assert_eq!(f.next_frame_id(), 0, "frame id wraps");
+        let out = split(&mut f, &fr, Budget::INITIAL_QUIC);
+        assert_eq!(&out[0][1..3], &[0, 0]);
+    }
+
+    #[test]
+    fn too_many_fragments_is_an_error() {
+        let mut f = Fragmenter::new();
+        let mut buf = BytesMut::new();
+        let mut emitted = 0;
+        let err = f.fragment(&frame(15 * 102 + 1), Budget::MIN, &mut buf, |_| {
+            emitted += 1
+        });
+        assert_eq!(
+            err,
+            Err(FragmentError::TooManyFragments {
+                len: 1531,
+                budget: 108,
+                needed: 16
+            })
+        );
+        assert_eq!(emitted, 0);
+        assert_eq!(datagram_count(15 * 102, Budget::MIN), Ok(15));
+        assert_eq!(datagram_count(0, Budget::MIN), Err(FragmentError::Empty));
+    }
+
+    #[test]
+    fn fragments_in_reverse_order_reassemble() {
+        let mut f = Fragmenter::new();
+        let fr = frame(1518);
+        let mut r = Reassembler::new(config());
+        let now = Instant::now();
+        let out = split(&mut f, &fr, Budget::MIN);
+        assert_eq!(out.len(), 15);
+        let (last, rest) = out.split_first().unwrap();
+        for d in rest.iter().rev() {
+            assert_eq!(r.handle_fragment(now, 1u8, d.clone()), None);
+        }
+        assert_eq!(
+            r.handle_fragment(now, 1u8, last.clone()).as_deref(),
+            Some(&fr[..])
+        );
+        assert_eq!(r.counters().completed, 1);
+        assert_eq!(r.memory(), 0);
+        assert_eq!(r.partial_frames(), 0);
+    }
+
+    #[test]
+    fn whole_datagram_is_returned_without_reassembly() {
+        let mut r = Reassembler::new(config());
+        let d = Bytes::from_static(&[0x10, 1, 2, 3]);
+        assert_eq!(
+            r.handle_fragment(Instant::now(), 0u32, d).as_deref(),
+            Some(&[1u8, 2, 3][..])
+        );
+        assert_eq!(r.counters(), Counters::default());
+    }
+
+    #[test]
+    fn duplicates_are_ignored_and_counted() {
+        let mut f = Fragmenter::new();
+        let mut r = Reassembler::new(config());
+        let now = Instant::now();
+        let out = split(&mut f, &frame(300), Budget::MIN);
+        assert_eq!(r.handle_fragment(now, 0u8, out[0].clone()), None);
+        assert_eq!(r.handle_fragment(now, 0u8, out[0].clone()), None);
+        assert_eq!(r.counters().duplicates, 1);
+        assert_eq!(r.handle_fragment(now, 0u8, out[1].clone()), None);
+        assert!(r.handle_fragment(now, 0u8, out[2].clone()).is_some());
+        // A late duplicate of a completed frame starts a new partial frame that times out.
+        assert_eq!(r.handle_fragment(now, 0u8, out[1].clone()), None);
+        r.handle_timeout(now + Duration::from_secs(1));
+        assert_eq!(r.counters().timed_out, 1);
+    }
+
+    #[test]
+    fn sources_do_not_mix() {
+        let mut f = Fragmenter::new();
+        let mut r = Reassembler::new(config());
+        let now = Instant::now();
+        let a = split(&mut f, &frame(200), Budget::MIN);
+        let mut g = Fragmenter::new();
+        let b = split(&mut g, &[9u8; 200], Budget::MIN);
+        assert_eq!(r.handle_fragment(now, 'a', a[0].clone()), None);
+        assert_eq!(r.handle_fragment(now, 'b', b[1].clone()), None);
+        assert_eq!(
+            r.handle_fragment(now, 'a', a[1].clone()).as_deref(),
+            Some(&frame(200)[..])
+        );
+        assert_eq!(
+            r.handle_fragment(now, 'b', b[0].clone()).as_deref(),
+            Some(&[9u8; 200][..])
+        );
+    }
+
+    fn frag(frame_id: u16, index: u8, count: u8, total_len: u16, payload: &[u8]) -> Bytes {
+        let mut d = vec![0; FRAGMENT_HEADER_LEN];
+        Header::Fragment {
+            frame_id,
+            index,
+            count,
+            total_len,
+        }
+        .emit(&mut d);
+        d.extend_from_slice(payload);
+        d.into()
+    }
+
+    #[test]
+    fn inconsistent_fragments_are_malformed() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(config());
+        assert_eq!(
+            r.handle_fragment(now, 0u8, frag(1, 0, 3, 100, &[0; 40])),
+            None
+        );
+        // Another count or total length for the same frame id.
+        assert_eq!(
+            r.handle_fragment(now, 0u8, frag(1, 1, 4, 100, &[0; 40])),
+            None
+        );
+        assert_eq!(
+            r.handle_fragment(now, 0u8, frag(1, 1, 3, 101, &[0; 40])),
+            None
+        );
+        // Another stride.
+        assert_eq!(
+            r.handle_fragment(now, 0u8, frag(1, 1, 3, 100, &[0; 41])),
+            None
+        );
+        // A last fragment that does not end the frame at the stride.
+        assert_eq!(
+            r.handle_fragment(now, 0u8, frag(1, 2, 3, 100, &[0; 19])),
+            None
+        );
+        assert_eq!(r.counters().malformed, 4);
+        // The right ones still complete it.
+        assert_eq!(
+            r.handle_fragment(now, 0u8, frag(1, 2, 3, 100, &[0; 20])),
+            None
+        );
+        assert!(
+            r.handle_fragment(now, 0u8, frag(1, 1, 3, 100, &[0; 40]))
+                .is_some()
+        );
+
+        // A lone fragment that cannot belong to any frame leaves nothing behind.
+        let cases = [
+            frag(2, 0, 2, 100, &[0; 10]),      // stride below the Ethernet header
+            frag(3, 0, 2, 100, &[0; 100]),     // stride * (count - 1) must be < total
+            frag(4, 0, 2, 100, &[0; 49]),      // total must be <= stride * count
+            frag(5, 1, 3, 100, &[0; 101]),     // longer than the frame
+            frag(6, 2, 3, 100, &[0; 41]),      // last longer than the stride
+            frag(7, 2, 3, 100, &[0; 1]),       // the other two cannot share 99 bytes evenly
+            frag(8, 0, 2, 10_000, &[0; 5000]), // beyond max_frame_len
+            Bytes::from_static(&[0x21, 0]),
+        ];
+        for d in cases {
+            assert_eq!(r.handle_fragment(now, 0u8, d.clone()), None, "{d:02x?}");
+        }
+        assert_eq!(r.counters().malformed, 4 + 8);
+        assert_eq!(r.partial_frames(), 0);
+        assert_eq!(r.memory(), 0);
+    }
+
+    #[test]
+    fn partial_frames_time_out() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(config());
+        assert_eq!(r.poll_timeout(), None);
+        r.handle_fragment(now, 0u8, frag(1, 0, 2, 100, &[0; 60]));
+        let later = now + Duration::from_millis(100);
+        r.handle_fragment(later, 0u8, frag(2, 0, 2, 100, &[0; 60]));
+        assert_eq!(r.poll_timeout(), Some(now + Duration::from_millis(500)));
+        r.handle_timeout(now + Duration::from_millis(499));
+        assert_eq!(r.partial_frames(), 2);
+        r.handle_timeout(now + Duration::from_millis(500));
+        assert_eq!(r.partial_frames(), 1);
+        assert_eq!(r.poll_timeout(), Some(later + Duration::from_millis(500)));
+        r.handle_timeout(later + Duration::from_secs(5));
+        assert_eq!(r.counters().timed_out, 2);
+        assert_eq!(r.poll_timeout(), None);
+        assert_eq!(r.memory(), 0);
+        // The missing fragment arriving late starts over rather than completing.
+        assert_eq!(
+            r.handle_fragment(later, 0u8, frag(1, 1, 2, 100, &[0; 40])),
+            None
+        );
+    }
+
+    #[test]
+    fn per_source_cap_evicts_that_sources_oldest() {
+        let now = Instant::now();
+        let cost = 100 + PARTIAL_OVERHEAD;
+        let mut r = Reassembler::new(ReassemblyConfig {
+            per_source_bytes: 3 * cost,
+            ..config()
+        });
+        r.handle_fragment(now, 'b', frag(9, 0, 2, 100, &[0; 60]));
+        for id in 0..4 {
+            r.handle_fragment(now, 'a', frag(id, 0, 2, 100, &[0; 60]));
+        }
+        assert_eq!(r.counters().dropped_memory, 1);
+        assert_eq!(r.source_memory('a'), 3 * cost);
+        assert_eq!(r.source_memory('b'), cost);
+        // Frame 0 of 'a' was the one evicted; frame 1 still completes.
+        assert!(
+            r.handle_fragment(now, 'a', frag(1, 1, 2, 100, &[0; 40]))
+                .is_some()
+        );
+        assert_eq!(
+            r.handle_fragment(now, 'a', frag(0, 1, 2, 100, &[0; 40])),
+            None
+        );
+        assert!(
+            r.handle_fragment(now, 'b', frag(9, 1, 2, 100, &[0; 40]))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn global_cap_evicts_the_oldest_of_anyone() {
+        let now = Instant::now();
+        let cost = 100 + PARTIAL_OVERHEAD;
+        let mut r = Reassembler::new(ReassemblyConfig {
+            total_bytes: 2 * cost,
+            ..config()
+        });
+        r.handle_fragment(now, 1u8, frag(0, 0, 2, 100, &[0; 60]));
+        r.handle_fragment(now, 2u8, frag(0, 0, 2, 100, &[0; 60]));
+        r.handle_fragment(now, 3u8, frag(0, 0, 2, 100, &[0; 60]));
+        assert_eq!(r.counters().dropped_memory, 1);
+        assert_eq!(r.memory(), 2 * cost);
+        assert_eq!(r.source_memory(1), 0);
+        // A frame bigger than a cap is refused outright.
+        r.handle_fragment(now, 4u8, frag(0, 0, 2, 1000, &[0; 600]));
+        assert_eq!(r.counters().dropped_memory, 2);
+        assert_eq!(r.partial_frames(), 2);
+    }
+
+    #[test]
+    fn removing_a_source_frees_its_memory() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(config());
+        r.handle_fragment(now, 1u8, frag(0, 0, 2, 100, &[0; 60]));
+        r.handle_fragment(now, 1u8, frag(1, 0, 2, 100, &[0; 60]));
+        r.handle_fragment(now, 2u8, frag(0, 0, 2, 100, &[0; 60]));
+        r.remove_source(1);
+        assert_eq!(r.partial_frames(), 1);
+        assert_eq!(r.memory(), 100 + PARTIAL_OVERHEAD);
+    }
+
+    proptest! {
+        #[test]
+        fn fragments_in_any_order_round_trip(
+            len in 1usize..=1522,
+            budget in MIN_ROOM_BUDGET_FOR_TESTS..=1600usize,
+            first_id in any::<u16>(),
+            order in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
+            dup in any::<bool>(),
+        ) {
+            let fr: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+            let mut f = Fragmenter::with_first_id(first_id);
+            let mut out = split(&mut f, &fr, Budget::new(budget).unwrap());
+            // Shuffle by a seed (Fisher-Yates with a simple LCG).
+            let mut seed = order;
+            for i in (1..out.len()).rev() {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                out.swap(i, (seed >> 33) as usize % (i + 1));
+            }
+            if dup && out.len() > 1 {
+                let first = out[0].clone();
+                out.insert(out.len().min(1), first);
+            }
+            let mut r = Reassembler::new(ReassemblyConfig::default());
+            let now = Instant::now();
+            let mut done = Vec::new();
+            for d in out {
+                done.extend(r.handle_fragment(now, 0u8, d));
+            }
+            prop_assert_eq!(done.len(), 1);
+            prop_assert_eq!(&done[0][..], &fr[..]);
+            prop_assert_eq!(r.memory(), 0);
+            prop_assert_eq!(r.counters().malformed, 0);
+        }
+
+        #[test]
+        fn arbitrary_datagrams_never_panic_and_stay_under_the_caps(
+            datagrams in proptest::collection::vec(
+                (
+                    0u8..4,
+                    0u64..2000,
+                    // Mostly plausible fragment headers, some raw bytes.
+                    prop_oneof![
+                        3 => (0u8..3, any::<u8>(), 0u16..1600, 1usize..200).prop_map(
+                            |(id, index_count, total, len)| {
+                                let mut d = vec![0x11, 0, id, index_count];
+                                d.extend_from_slice(&total.to_be_bytes());
+                                d.extend((0..len).map(|i| i as u8));
+                                d
+                            }
+                        ),
+                        1 => proptest::collection::vec(any::<u8>(), 0..200),
+                    ],
+                ),
+                0..300,
+            ),
+        ) {
+            let cfg = ReassemblyConfig {
+                per_source_bytes: 1500,
+                total_bytes: 4000,
+                ..ReassemblyConfig::default()
+            };
+            let mut r = Reassembler::new(cfg);
+            let start = Instant::now();
+            let mut now = start;
+            for (source, ms, d) in datagrams {
+                now += Duration::from_millis(ms % 50);
+                if r.poll_timeout().is_some_and(|t| t <= now) {
+                    r.handle_timeout(now);
+                }
+                let _ = r.handle_fragment(now, source, Bytes::from(d));
+                prop_assert!(r.memory() <= cfg.total_bytes);
+                for s in 0..4 {
+                    prop_assert!(r.source_memory(s) <= cfg.per_source_bytes);
+                }
+            }
+            r.handle_timeout(now + cfg.timeout);
+            prop_assert_eq!(r.memory(), 0);
+            prop_assert_eq!(r.partial_frames(), 0);
+        }
+    }
+
+    const MIN_ROOM_BUDGET_FOR_TESTS: usize = crate::budget::MIN_ROOM_BUDGET;
 }
