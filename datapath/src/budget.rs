@@ -23,6 +23,9 @@
 //! | 1452 (1500-byte IPv6 path: 1500 - 40 - 8)     | 1414   |
 //! | 1472 (1500-byte IPv4 path: 1500 - 20 - 8)     | 1434   |
 //!
+//! The test `quinn_reports_the_initial_budget` handshakes a real quinn-proto client and server
+//! in memory and checks the first row.
+//!
 //! A LAN frame is at most 1518 bytes (1500 of IP, a 14-byte Ethernet header, one 4-byte 802.1Q
 //! tag; the FCS never travels), so even the initial budget fragments full-size frames (in 2),
 //! and a budget of 1434 still does (1518 > 1433): the [TCP MSS clamp](clamp_mss) keeps bulk TCP
@@ -434,6 +437,118 @@ mod tests {
         // 108 is the smallest: one byte less and a full LAN frame needs 16 fragments.
         assert!(MAX_LAN_FRAME.div_ceil(MIN_ROOM_BUDGET - FRAGMENT_HEADER_LEN) <= 15);
         assert!(MAX_LAN_FRAME.div_ceil(MIN_ROOM_BUDGET - 1 - FRAGMENT_HEADER_LEN) > 15);
+    }
+
+    /// A real quinn-proto client and server, handshaking in memory with path MTU discovery
+    /// off, agree with the arithmetic: the client's first `max_size()` is
+    /// [`INITIAL_QUIC_BUDGET`].
+    #[test]
+    fn quinn_reports_the_initial_budget() {
+        use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+        use quinn_proto::{
+            ClientConfig, DatagramEvent, Endpoint, EndpointConfig, Event, ServerConfig,
+            TransportConfig,
+        };
+        use std::net::SocketAddr;
+        use std::sync::Arc;
+        use std::time::Instant;
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = certified.cert.der().clone();
+        let key =
+            rustls_pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client_tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut transport = TransportConfig::default();
+        transport.mtu_discovery_config(None);
+        let transport = Arc::new(transport);
+        let mut server_config =
+            ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls).unwrap()));
+        server_config.transport_config(transport.clone());
+        let server_config = Arc::new(server_config);
+        let mut client_config =
+            ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls).unwrap()));
+        client_config.transport_config(transport);
+
+        let client_addr: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let server_addr: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+        let endpoint_config = Arc::new(EndpointConfig::default());
+        let mut client_ep = Endpoint::new(endpoint_config.clone(), None, false, Some([1; 32]));
+        let mut server_ep =
+            Endpoint::new(endpoint_config, Some(server_config), false, Some([2; 32]));
+        let now = Instant::now();
+        let (client_handle, mut client) = client_ep
+            .connect(now, client_config, server_addr, "localhost")
+            .unwrap();
+        let mut server: Option<(quinn_proto::ConnectionHandle, quinn_proto::Connection)> = None;
+        let mut buf = Vec::new();
+        for _ in 0..50 {
+            // Client to server.
+            while let Some(t) = client.poll_transmit(now, 1, &mut buf) {
+                let data = bytes::BytesMut::from(&buf[..t.size]);
+                buf.clear();
+                let mut response = Vec::new();
+                match server_ep.handle(now, client_addr, None, None, data, &mut response) {
+                    Some(DatagramEvent::NewConnection(incoming)) => {
+                        server = Some(
+                            server_ep
+                                .accept(incoming, now, &mut response, None)
+                                .unwrap(),
+                        );
+                    }
+                    Some(DatagramEvent::ConnectionEvent(_, event)) => {
+                        if let Some((_, s)) = server.as_mut() {
+                            s.handle_event(event);
+                        }
+                    }
+                    Some(DatagramEvent::Response(_)) | None => {}
+                }
+            }
+            // Server to client.
+            if let Some((server_handle, s)) = server.as_mut() {
+                while let Some(event) = s.poll_endpoint_events() {
+                    if let Some(event) = server_ep.handle_event(*server_handle, event) {
+                        s.handle_event(event);
+                    }
+                }
+                while let Some(t) = s.poll_transmit(now, 1, &mut buf) {
+                    let data = bytes::BytesMut::from(&buf[..t.size]);
+                    buf.clear();
+                    let mut response = Vec::new();
+                    if let Some(DatagramEvent::ConnectionEvent(_, event)) =
+                        client_ep.handle(now, server_addr, None, None, data, &mut response)
+                    {
+                        client.handle_event(event);
+                    }
+                }
+            }
+            while let Some(event) = client.poll_endpoint_events() {
+                if let Some(event) = client_ep.handle_event(client_handle, event) {
+                    client.handle_event(event);
+                }
+            }
+            while let Some(event) = client.poll() {
+                if matches!(event, Event::Connected) {
+                    assert_eq!(client.datagrams().max_size(), Some(INITIAL_QUIC_BUDGET));
+                    let budget = Budget::from_max_datagram_size(client.datagrams().max_size());
+                    assert_eq!(budget, Ok(Budget::INITIAL_QUIC));
+                    return;
+                }
+            }
+        }
+        panic!("the in-memory handshake did not complete");
     }
 
     #[test]
