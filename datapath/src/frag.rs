@@ -390,41 +390,10 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         let payload = &datagram[FRAGMENT_HEADER_LEN..];
         let key = (source, frame_id);
 
-        if !self.partials.contains_key(&key) {
-            let total = usize::from(total_len);
-            if total > self.config.max_frame_len || total < usize::from(count) {
-                self.counters.malformed += 1;
-                return None;
-            }
-            let charge = total + PARTIAL_OVERHEAD;
-            if charge > self.config.per_source_bytes || charge > self.config.total_bytes {
-                self.counters.dropped_memory += 1;
-                return None;
-            }
-            self.make_room(source, charge);
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.partials.insert(
-                key,
-                Partial {
-                    seq,
-                    started: now,
-                    count,
-                    total_len,
-                    received: 0,
-                    stride: None,
-                    last_len: None,
-                    buf: BytesMut::zeroed(total),
-                },
-            );
-            self.order.insert(seq, key);
-            let src = self.sources.entry(source).or_default();
-            src.bytes += charge;
-            src.frames.push_back(frame_id);
-            self.memory += charge;
-        }
-
-        let partial = self.partials.get_mut(&key)?;
+        let Some(partial) = self.partials.get_mut(&key) else {
+            self.start_frame(now, key, index, count, total_len, payload);
+            return None;
+        };
         if partial.count != count || partial.total_len != total_len {
             self.counters.malformed += 1;
             return None;
@@ -435,10 +404,6 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         }
         let Some(offset) = partial.place(index, payload.len()) else {
             self.counters.malformed += 1;
-            if partial.received == 0 {
-                // A partial frame made for this fragment alone would only wait for its timeout.
-                self.remove(key);
-            }
             return None;
         };
         partial.buf[offset..offset + payload.len()].copy_from_slice(payload);
@@ -449,6 +414,55 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         let done = self.remove(key)?;
         self.counters.completed += 1;
         Some(done.buf.freeze())
+    }
+
+    /// Makes a partial frame for the first fragment of `key`, after checking that the fragment
+    /// can belong to a frame and evicting older partial frames to fit the caps. A frame has
+    /// at least two fragments, so the first never completes it.
+    fn start_frame(
+        &mut self,
+        now: Instant,
+        key: (K, u16),
+        index: u8,
+        count: u8,
+        total_len: u16,
+        payload: &[u8],
+    ) {
+        let total = usize::from(total_len);
+        let mut partial = Partial {
+            seq: self.next_seq,
+            started: now,
+            count,
+            total_len,
+            received: 1 << index,
+            stride: None,
+            last_len: None,
+            buf: BytesMut::new(),
+        };
+        let offset = if total <= self.config.max_frame_len {
+            partial.place(index, payload.len())
+        } else {
+            None
+        };
+        let Some(offset) = offset else {
+            self.counters.malformed += 1;
+            return;
+        };
+        let charge = partial.charge();
+        if charge > self.config.per_source_bytes || charge > self.config.total_bytes {
+            self.counters.dropped_memory += 1;
+            return;
+        }
+        self.make_room(key.0, charge);
+        partial.buf = BytesMut::zeroed(total);
+        partial.buf[offset..offset + payload.len()].copy_from_slice(payload);
+        self.next_seq += 1;
+        self.order.insert(partial.seq, key);
+        self.partials.insert(key, partial);
+        let src = self.sources.entry(key.0).or_default();
+        src.bytes += charge;
+        src.frames.push_back(key.1);
+        self.memory += charge;
     }
 
     /// When [`Self::handle_timeout`] should next be called: the deadline of the oldest partial
@@ -805,6 +819,11 @@ mod tests {
         r.handle_fragment(now, 4u8, frag(0, 0, 2, 1000, &[0; 600]));
         assert_eq!(r.counters().dropped_memory, 2);
         assert_eq!(r.partial_frames(), 2);
+        // A first fragment that cannot belong to a frame evicts nobody.
+        r.handle_fragment(now, 5u8, frag(0, 0, 2, 100, &[0; 10]));
+        assert_eq!(r.counters().dropped_memory, 2);
+        assert_eq!(r.counters().malformed, 1);
+        assert_eq!(r.memory(), 2 * cost);
     }
 
     #[test]
