@@ -326,7 +326,10 @@ fn find_mss(frame: &[u8], budget: Budget) -> Result<MssLocation, ClampOutcome> {
 fn may_be_tcp(frame: &[u8]) -> bool {
     const TPID_8021AD: u16 = 0x88a8;
     const IPV4_PROTOCOL_OFFSET: usize = 9;
+    const IPV6_NEXT_HEADER_OFFSET: usize = 6;
     const IP_PROTOCOL_TCP: u8 = 6;
+    const IP_PROTOCOL_UDP: u8 = 17;
+    const IP_PROTOCOL_ICMPV6: u8 = 58;
     let mut at = 12;
     loop {
         let Some(&[hi, lo]) = frame.get(at..at + 2).and_then(|b| b.first_chunk::<2>()) else {
@@ -337,7 +340,13 @@ fn may_be_tcp(frame: &[u8]) -> bool {
             ethertype::IPV4 => {
                 return frame.get(at + 2 + IPV4_PROTOCOL_OFFSET) == Some(&IP_PROTOCOL_TCP);
             }
-            ethertype::IPV6 => return true,
+            ethertype::IPV6 => {
+                // Extension headers may come before TCP; only rule out the common direct ones.
+                return !matches!(
+                    frame.get(at + 2 + IPV6_NEXT_HEADER_OFFSET),
+                    Some(&(IP_PROTOCOL_UDP | IP_PROTOCOL_ICMPV6)) | None
+                );
+            }
             _ => return false,
         }
     }
@@ -657,6 +666,13 @@ mod tests {
             .write(&mut udp, &[0; 40])
             .unwrap();
         assert_eq!(clamp_mss(&mut udp, Budget::MIN), ClampOutcome::NotTcp);
+        let mut udp6 = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv6(SRC6, DST6, 64)
+            .udp(1, 2)
+            .write(&mut udp6, &[0; 40])
+            .unwrap();
+        assert_eq!(clamp_mss(&mut udp6, Budget::MIN), ClampOutcome::NotTcp);
 
         let mut ipx = vec![0xff; 60];
         ipx[12..14].copy_from_slice(&ethertype::IPX.to_be_bytes());
