@@ -11,6 +11,7 @@
 //! - [`switch`]: the relay's per-room MAC switch and L2 safety filters.
 //! - [`quic`]: the sans-IO QUIC driver around `quinn_proto` and its TLS configuration.
 //! - [`io`]: the UDP backend trait and the portable (quinn-udp) backend.
+//! - [`runner`]: the I/O shell that moves datagrams between a backend and the QUIC driver.
 //!
 //! All operating-system code lives under one `sys` module, chosen once per platform with
 //! `#[cfg]` + `#[path]`, and is the only place where `unsafe` is allowed.
@@ -22,6 +23,7 @@ pub mod frag;
 pub mod io;
 pub mod mac;
 pub mod quic;
+pub mod runner;
 pub mod switch;
 pub mod wire;
 

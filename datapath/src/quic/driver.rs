@@ -437,6 +437,11 @@ impl Driver {
         &self.config
     }
 
+    /// Caps the datagrams of one GSO batch, for a backend that cannot send more at once.
+    pub fn set_max_transmit_datagrams(&mut self, max: usize) {
+        self.config.max_transmit_datagrams = self.config.max_transmit_datagrams.min(max).max(1);
+    }
+
     /// Endpoint-wide counters.
     pub fn counters(&self) -> DriverCounters {
         self.counters

@@ -1,0 +1,139 @@
+//! The I/O shell around the sans-IO [`Driver`]: it moves datagrams between a [`UdpBackend`] and
+//! the driver, runs the driver's timers and sleeps until something happens.
+//!
+//! The relay, the gateway and the client each run the same turn on their datapath thread:
+//!
+//! ```text
+//! loop {
+//!     let now = Instant::now();
+//!     runner.receive(now);                       // UDP -> driver, due timers
+//!     while let Some(ev) = runner.driver().poll_event() { /* application */ }
+//!     /* commands from the control thread, frames from a ring or adapter */
+//!     runner.transmit(now)?;                     // driver -> UDP, one flush
+//!     runner.wait(app_deadline)?;                // sleep: completion, waker, fd or deadline
+//! }
+//! ```
+//!
+//! This is the only place in the datapath that reads the clock on the QUIC path; everything it
+//! drives takes `now` as an argument.
+
+use std::io;
+use std::time::Instant;
+
+use crate::io::{BackendKind, IoCounters, UdpBackend, WaitOutcome, Waker};
+use crate::quic::Driver;
+
+/// A driver and the UDP backend it talks through.
+#[derive(Debug)]
+pub struct Runner {
+    driver: Driver,
+    io: Box<dyn UdpBackend>,
+    /// A pooled send buffer that the last `poll_transmit` did not fill, kept for the next turn
+    /// so an idle turn allocates nothing.
+    spare: Option<Vec<u8>>,
+    ready: Vec<u64>,
+}
+
+impl Runner {
+    /// Wraps a driver and a backend. Each GSO batch is capped at what the backend can send.
+    pub fn new(mut driver: Driver, io: Box<dyn UdpBackend>) -> Self {
+        driver.set_max_transmit_datagrams(io.max_gso_segments().max(1));
+        Self {
+            driver,
+            io,
+            spare: None,
+            ready: Vec::with_capacity(8),
+        }
+    }
+
+    /// The driver, for events and commands.
+    pub fn driver(&mut self) -> &mut Driver {
+        &mut self.driver
+    }
+
+    /// The driver, read-only.
+    pub fn driver_ref(&self) -> &Driver {
+        &self.driver
+    }
+
+    /// The backend, for watching extra fds.
+    pub fn io(&mut self) -> &mut dyn UdpBackend {
+        self.io.as_mut()
+    }
+
+    /// Which backend carries the datagrams.
+    pub fn backend_kind(&self) -> BackendKind {
+        self.io.kind()
+    }
+
+    /// The backend's counters.
+    pub fn io_counters(&self) -> IoCounters {
+        self.io.counters()
+    }
+
+    /// A handle other threads use to wake [`Self::wait`].
+    pub fn waker(&self) -> Waker {
+        self.io.waker()
+    }
+
+    /// Local UDP address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.io.local_addr()
+    }
+
+    /// Feeds every received batch to the driver and runs its timers if they are due. Call at the
+    /// start of each turn; returns the number of batches handled.
+    pub fn receive(&mut self, now: Instant) -> usize {
+        let mut batches = 0;
+        while let Some((meta, data)) = self.io.poll_recv() {
+            self.driver.handle_datagram(now, meta, data);
+            batches += 1;
+        }
+        if self.driver.poll_timeout().is_some_and(|t| t <= now) {
+            self.driver.handle_timeout(now);
+        }
+        batches
+    }
+
+    /// Hands every transmit the driver has to the backend and submits them in one flush. Call at
+    /// the end of each turn, after the application queued its datagrams.
+    ///
+    /// # Errors
+    ///
+    /// When the backend's submit call fails; individual send failures are counted instead.
+    pub fn transmit(&mut self, now: Instant) -> io::Result<usize> {
+        let mut batches = 0;
+        loop {
+            let mut buf = self.spare.take().unwrap_or_else(|| self.io.send_buffer());
+            match self.driver.poll_transmit(now, &mut buf) {
+                Some(meta) => {
+                    self.io.queue_send(meta, buf);
+                    batches += 1;
+                }
+                None => {
+                    self.spare = Some(buf);
+                    break;
+                }
+            }
+        }
+        self.io.flush()?;
+        Ok(batches)
+    }
+
+    /// Sleeps until a datagram arrives, the waker fires, a watched fd becomes ready, the
+    /// driver's next timer or `deadline` (the application's own timer) passes. Returns the
+    /// outcome and the tokens of the watched fds that became ready.
+    ///
+    /// # Errors
+    ///
+    /// When the backend's wait call fails.
+    pub fn wait(&mut self, deadline: Option<Instant>) -> io::Result<(WaitOutcome, &[u64])> {
+        let next = match (self.driver.poll_timeout(), deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.ready.clear();
+        let outcome = self.io.wait(next, &mut self.ready)?;
+        Ok((outcome, &self.ready))
+    }
+}
