@@ -6,9 +6,6 @@
 //! - [`l2emu`]: Ethernet emulation for L3 adapters (TUN, wintun): ARP, neighbour discovery,
 //!   broadcast mapping and a DHCP client, sans-IO.
 //! - [`winplan`]: the plan of interface changes (address, routes, metric) and their undo.
-//! - [`session`]: the session with the relay (connect, join, reconnect with backoff) and its
-//!   status line, sans-IO.
 
 pub mod l2emu;
-pub mod session;
 pub mod winplan;

@@ -6,7 +6,10 @@
 //! - [`admission`]: the relay's room and admission policy, sans-IO.
 //! - [`link`]: join links (`lanparty://host:port/room?pin=…`).
 //! - [`logging`]: log output for the binaries.
+//! - [`peer`]: the gateway's and client's side of the control protocol, sans-IO.
 //! - [`runtime`]: the tokio control thread and its channels to the datapath thread.
+//! - [`session`]: the peer's connection state machine: reconnect with backoff and jitter,
+//!   status lines.
 //!
 //! This crate sits above `lanparty-datapath` and below the binaries.
 
@@ -15,4 +18,6 @@ pub mod codec;
 pub mod link;
 pub mod logging;
 pub mod msg;
+pub mod peer;
 pub mod runtime;
+pub mod session;

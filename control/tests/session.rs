@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use lanparty_client::session::{Action, Input, Session, SessionConfig, State};
+use lanparty_control::session::{Action, Input, Session, SessionConfig, State};
 use lanparty_datapath::Mac;
 
 const MAC: Mac = Mac([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
