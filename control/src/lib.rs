@@ -10,6 +10,7 @@
 //! - [`runtime`]: the tokio control thread and its channels to the datapath thread.
 //! - [`session`]: the peer's connection state machine: reconnect with backoff and jitter,
 //!   status lines.
+//! - [`uplink`]: a peer's link to its relay: join, carry frames, reconnect.
 //!
 //! This crate sits above `lanparty-datapath` and below the binaries.
 
@@ -21,3 +22,4 @@ pub mod msg;
 pub mod peer;
 pub mod runtime;
 pub mod session;
+pub mod uplink;
