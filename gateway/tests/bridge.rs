@@ -1,0 +1,275 @@
+//! The gateway binary bridging a LAN in a network namespace into a room, end to end: real
+//! AF_PACKET rings, a real Linux bridge, QUIC on loopback. See `common` for the set-up.
+//!
+//! These tests need root (namespaces, AF_PACKET); without it they print a skip line and pass.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use lanparty_datapath::Mac;
+use lanparty_datapath::sys::netns::{Netns, Veth, require_root};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[test]
+fn lan_frames_to_a_client_mac_reach_the_client_whole_and_fragmented() {
+    if !require_root("lan_frames_to_a_client_mac_reach_the_client_whole_and_fragmented") {
+        return;
+    }
+    let mut party = Party::start("gwuni");
+    let mut h1 = party.lan.host("lph1");
+    let small = frame(CLIENT, H1, 0x88b5, &payload(b"to-client", 46));
+    let full = frame(CLIENT, H1, 0x88b5, &payload(b"full-size", 1500));
+    assert_eq!(full.len(), 1514);
+    h1.send(&small).unwrap();
+    h1.send(&full).unwrap();
+    party
+        .player
+        .pump_until("both frames at the player", WAIT, |p| {
+            p.received(&small) && p.received(&full)
+        });
+    // The full-size frame crossed as fragments: more datagrams than frames left the gateway.
+    let datagrams = party.relay.log.gateway_datagrams.load(Ordering::Relaxed);
+    assert!(datagrams >= 3, "{datagrams} datagrams from the gateway");
+}
+
+#[test]
+fn a_lan_broadcast_reaches_the_client() {
+    if !require_root("a_lan_broadcast_reaches_the_client") {
+        return;
+    }
+    let mut party = Party::start("gwbcast");
+    let mut h2 = party.lan.host("lph2");
+    let bcast = frame(Mac::BROADCAST, H2, 0x0806, &payload(b"who-has", 46));
+    h2.send(&bcast).unwrap();
+    party
+        .player
+        .pump_until("the broadcast at the player", WAIT, |p| p.received(&bcast));
+}
+
+#[test]
+fn unicast_between_lan_hosts_never_reaches_the_relay() {
+    if !require_root("unicast_between_lan_hosts_never_reaches_the_relay") {
+        return;
+    }
+    let mut party = Party::start("gwlocal");
+    let mut h1 = party.lan.host("lph1");
+    let mut h2 = party.lan.host("lph2");
+    const N: usize = 20;
+    let frames: Vec<Vec<u8>> = (0..N)
+        .map(|i| frame(H2, H1, 0x88b5, &payload(&[b'L', i as u8], 60)))
+        .collect();
+    // First a frame the bridge has not learned H2 for: it floods to the gateway's port too.
+    for f in &frames {
+        h1.send(f).unwrap();
+    }
+    let got = host_collect(&mut h2, Duration::from_millis(500), |f| {
+        f.len() == 74 && f[14] == b'L'
+    });
+    assert_eq!(got.len(), N, "the LAN itself delivers every frame");
+    party.player.pump_for(Duration::from_millis(300));
+    assert!(
+        !party
+            .player
+            .frames
+            .iter()
+            .any(|f| f.len() == 74 && f[14] == b'L'),
+        "a LAN-to-LAN frame reached the player"
+    );
+    // Other LAN chatter (the bridge's own IGMP reports) may cross; none of these frames may.
+    let h2_from_h1 = [H2.0, H1.0].concat();
+    let leaked = party
+        .relay
+        .log
+        .gateway_payloads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|d| d.windows(12).any(|w| w == h2_from_h1))
+        .count();
+    assert_eq!(leaked, 0, "the gateway sent LAN-to-LAN frames to the relay");
+    // The gateway's own counters say it saw them and kept them on the LAN.
+    let status = party.gateway.terminate(Duration::from_secs(2));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let counters = party
+        .gateway
+        .last_counters()
+        .expect("a counters line at exit");
+    let drops = counters["drops"].as_str().unwrap();
+    let local: u64 = drops
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("lan_local_unicast="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // The bridge floods until it has learned H2 (H2 never sent), so all N reach the gateway.
+    assert!(local >= N as u64, "{counters}");
+}
+
+#[test]
+fn client_frames_reach_the_lan_byte_for_byte() {
+    if !require_root("client_frames_reach_the_lan_byte_for_byte") {
+        return;
+    }
+    let mut party = Party::start("gwtolan");
+    let mut h1 = party.lan.host("lph1");
+    let small = frame(H1, CLIENT, 0x88b5, &payload(b"small", 46));
+    let full = frame(H1, CLIENT, 0x88b5, &payload(b"full-size", 1500));
+    // IPX (Ethernet II, 0x8137), as DOS-era games send it: to the broadcast address.
+    let ipx = frame(
+        Mac::BROADCAST,
+        CLIENT,
+        0x8137,
+        &[
+            &[0xff, 0xff, 0x00, 0x1e, 0x00, 0x04][..],
+            &payload(b"ipx", 24),
+        ]
+        .concat(),
+    );
+    // IEEE 802.3 with a length field and an 802.2 LLC header (IPX over 802.2: DSAP/SSAP 0xe0).
+    let llc_body = [&[0xe0, 0xe0, 0x03][..], &payload(b"llc", 43)].concat();
+    let raw8023 = frame(H1, CLIENT, llc_body.len() as u16, &llc_body);
+    assert!(
+        raw8023[12..14] < [0x06, 0x00][..],
+        "a length, not an ethertype"
+    );
+    for f in [&small, &full, &ipx, &raw8023] {
+        party.player.send(f);
+        party.player.pump_for(Duration::from_millis(20));
+    }
+    let seen = host_receives_all(&mut h1, &[&small, &full, &ipx, &raw8023], WAIT);
+    assert_eq!(
+        seen, [true; 4],
+        "small, 1514-byte, IPX and 802.3 frames must reach the LAN host unchanged"
+    );
+}
+
+#[test]
+fn the_gateway_bridges_again_after_the_relay_restarts() {
+    if !require_root("the_gateway_bridges_again_after_the_relay_restarts") {
+        return;
+    }
+    let Party {
+        mut gateway,
+        mut player,
+        relay,
+        lan,
+    } = Party::start("gwrestrt");
+    let addr = relay.addr;
+    // Killed: no goodbye, the socket just goes away. Both peers notice by the idle timeout.
+    drop(relay);
+    let mark = gateway.mark();
+    player.pump_until("the player notices", Duration::from_secs(15), |p| {
+        !p.uplink.is_joined()
+    });
+    gateway.wait_for_after(mark, "the gateway notices", Duration::from_secs(15), |m| {
+        m.contains("retrying in")
+    });
+    let relay = ScriptedRelay::start(&lan, addr.port());
+    player.pump_until("the player rejoins", Duration::from_secs(15), |p| {
+        p.uplink.is_joined()
+    });
+    gateway.wait_for_after(mark, "the gateway rejoins", Duration::from_secs(30), |m| {
+        m.starts_with("connected, 1 client ")
+    });
+    let mut h1 = lan.host("lph1");
+    let bcast = frame(Mac::BROADCAST, H1, 0x8137, &payload(b"after-restart", 46));
+    let down = frame(H1, CLIENT, 0x8137, &payload(b"down-again", 46));
+    // The gateway may learn of the player a moment after the player's welcome; repeat.
+    let deadline = Instant::now() + WAIT;
+    while !player.received(&bcast) {
+        assert!(Instant::now() < deadline, "no LAN frame after the restart");
+        h1.send(&bcast).unwrap();
+        player.pump_for(Duration::from_millis(100));
+    }
+    player.send(&down);
+    assert!(
+        host_receives(&mut h1, &down, WAIT),
+        "no room frame after the restart"
+    );
+    assert_eq!(relay.log.hellos.lock().unwrap().len(), 2);
+    drop((gateway, player, relay));
+}
+
+#[test]
+fn sigterm_says_goodbye_and_exits_promptly() {
+    if !require_root("sigterm_says_goodbye_and_exits_promptly") {
+        return;
+    }
+    let mut party = Party::start("gwterm");
+    let started = Instant::now();
+    let status = party.gateway.terminate(Duration::from_secs(2));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "gateway did not exit cleanly within 2 s: {status:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The relay learns at once, well inside the 3 s idle timeout: a goodbye on the control
+    // stream or the connection's explicit close.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let goodbyes = party.relay.log.goodbyes.lock().unwrap().len();
+        let closes = party.relay.log.gateway_closes.lock().unwrap().clone();
+        if goodbyes > 0 || closes.iter().any(|r| r.contains("closed by peer")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the relay was not told");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let hellos = party.relay.log.hellos.lock().unwrap();
+    let gw = hellos
+        .iter()
+        .find(|h| h.mac == GW)
+        .expect("a gateway hello");
+    assert_eq!(gw.role, lanparty_control::msg::Role::Gateway);
+    assert_eq!(gw.name.as_str(), "lan gateway");
+}
+
+#[test]
+fn a_missing_interface_is_a_one_line_error() {
+    // No root needed: the interface is looked up before any socket is opened.
+    let out = run_gateway(
+        None,
+        &[
+            "--relay",
+            "198.18.0.1:4433",
+            "--room",
+            ROOM,
+            "--interface",
+            "lpgw-missing0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no such network interface: lpgw-missing0") && err.contains("ip link"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_interface_that_is_down_is_a_one_line_error() {
+    if !require_root("an_interface_that_is_down_is_a_one_line_error") {
+        return;
+    }
+    let ns = Netns::create("gwifdown").unwrap();
+    let _veth = Veth::create(Some(&ns), "lpdown0", Some(&ns), "lpdown1").unwrap();
+    let out = run_gateway(
+        Some(&ns),
+        &[
+            "--relay",
+            "127.0.0.1:4433",
+            "--room",
+            ROOM,
+            "--interface",
+            "lpdown0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("ip link set lpdown0 up"), "{err}");
+}
