@@ -8,9 +8,9 @@ use windows_sys::Win32::NetworkManagement::IpHelper::{
     ConvertInterfaceLuidToIndex, CreateIpForwardEntry2, CreateUnicastIpAddressEntry,
     DeleteIpForwardEntry2, DeleteUnicastIpAddressEntry, FreeMibTable, GetIpForwardTable2,
     GetIpInterfaceEntry, GetIpInterfaceTable, GetUnicastIpAddressTable, InitializeIpForwardEntry,
-    InitializeIpInterfaceEntry, InitializeUnicastIpAddressEntry, MIB_IPFORWARD_ROW2,
-    MIB_IPFORWARD_TABLE2, MIB_IPINTERFACE_ROW, MIB_IPINTERFACE_TABLE, MIB_UNICASTIPADDRESS_ROW,
-    MIB_UNICASTIPADDRESS_TABLE, SetIpInterfaceEntry,
+    InitializeUnicastIpAddressEntry, MIB_IPFORWARD_ROW2, MIB_IPFORWARD_TABLE2, MIB_IPINTERFACE_ROW,
+    MIB_IPINTERFACE_TABLE, MIB_UNICASTIPADDRESS_ROW, MIB_UNICASTIPADDRESS_TABLE,
+    SetIpInterfaceEntry,
 };
 use windows_sys::Win32::NetworkManagement::Ndis::NET_LUID_LH;
 use windows_sys::Win32::Networking::WinSock::{
@@ -196,11 +196,13 @@ fn interface_from_row(row: &MIB_IPINTERFACE_ROW) -> IpInterface {
 }
 
 fn interface_row(luid: u64) -> Result<MIB_IPINTERFACE_ROW> {
-    let mut row = MIB_IPINTERFACE_ROW::default();
-    // SAFETY: `row` is valid for writes.
-    unsafe { InitializeIpInterfaceEntry(&mut row) };
-    row.Family = AF_INET;
-    row.InterfaceLuid = net_luid(luid);
+    // GetIpInterfaceEntry needs only the key (family and LUID) and fills in the rest, so the
+    // row is not passed through InitializeIpInterfaceEntry first.
+    let mut row = MIB_IPINTERFACE_ROW {
+        Family: AF_INET,
+        InterfaceLuid: net_luid(luid),
+        ..Default::default()
+    };
     // SAFETY: `row` carries the key (family and LUID) and is valid for writes.
     check("GetIpInterfaceEntry", unsafe {
         GetIpInterfaceEntry(&mut row)
@@ -316,4 +318,60 @@ pub(crate) fn ipv4_routes() -> Result<Vec<RouteEntry>> {
             })
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_holds_the_address_in_network_order() {
+        let addr = Ipv4Addr::new(198, 18, 0, 1);
+        let raw = sockaddr(addr);
+        assert_eq!(ipv4(&raw), Some(addr));
+        // SAFETY: `sockaddr` initialises the Ipv4 variant.
+        let bytes = unsafe { raw.Ipv4.sin_addr.S_un.S_addr.to_ne_bytes() };
+        assert_eq!(bytes, [198, 18, 0, 1]);
+    }
+
+    #[test]
+    fn other_families_are_skipped() {
+        let raw = SOCKADDR_INET { si_family: 23 };
+        assert_eq!(ipv4(&raw), None);
+    }
+
+    #[test]
+    fn interface_table_agrees_with_the_luid_index_conversions() {
+        let interfaces = ipv4_interfaces().unwrap();
+        assert!(
+            !interfaces.is_empty(),
+            "every Windows has an IPv4 loopback interface"
+        );
+        for interface in &interfaces {
+            assert_eq!(luid_to_index(interface.luid).unwrap(), interface.index);
+            assert_eq!(index_to_luid(interface.index).unwrap(), interface.luid);
+            assert_eq!(
+                ipv4_interface(interface.luid).unwrap().index,
+                interface.index
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_luid_is_not_found() {
+        let err = ipv4_interface(u64::MAX).unwrap_err();
+        assert_eq!(err.op(), "GetIpInterfaceEntry");
+        assert!(err.is_not_found() || err.code() == 87, "{err}");
+    }
+
+    #[test]
+    fn loopback_address_and_route_are_listed() {
+        let addresses = ipv4_addresses().unwrap();
+        assert!(
+            addresses.iter().any(|a| a.address == Ipv4Addr::LOCALHOST),
+            "{addresses:?}"
+        );
+        let routes = ipv4_routes().unwrap();
+        assert!(!routes.is_empty());
+    }
 }

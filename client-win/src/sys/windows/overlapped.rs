@@ -403,3 +403,186 @@ impl Drop for OverlappedDevice {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A message-mode named pipe plays the TAP driver: each message is one frame, and the pipe
+    //! completes reads and writes asynchronously like the driver does.
+
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::windows::io::{AsRawHandle, FromRawHandle, RawHandle};
+
+    use windows_sys::Win32::Foundation::WAIT_OBJECT_0;
+    use windows_sys::Win32::Storage::FileSystem::PIPE_ACCESS_DUPLEX;
+    use windows_sys::Win32::System::Pipes::{
+        ConnectNamedPipe, CreateNamedPipeW, PIPE_READMODE_MESSAGE, PIPE_TYPE_MESSAGE, PIPE_WAIT,
+        SetNamedPipeHandleState,
+    };
+    use windows_sys::Win32::System::Threading::WaitForSingleObject;
+
+    use super::*;
+
+    /// The driver's end (a synchronous pipe server) and our device on the client end.
+    fn pipe_pair(tag: &str, pipe_buffer: u32) -> (File, OverlappedDevice) {
+        let name = format!(r"\\.\pipe\lp-{tag}-{}", std::process::id());
+        let wide_name = wide(&name);
+        // SAFETY: the name is NUL-terminated and outlives the call; null security attributes
+        // are allowed; the result is checked below.
+        let server = unsafe {
+            CreateNamedPipeW(
+                wide_name.as_ptr(),
+                PIPE_ACCESS_DUPLEX,
+                PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE | PIPE_WAIT,
+                1,
+                pipe_buffer,
+                pipe_buffer,
+                0,
+                ptr::null(),
+            )
+        };
+        assert_ne!(
+            server,
+            INVALID_HANDLE_VALUE,
+            "{}",
+            io::Error::last_os_error()
+        );
+        // SAFETY: CreateNamedPipeW returned a new handle that nothing else owns.
+        let server = unsafe { File::from_raw_handle(server) };
+        let device = OverlappedDevice::open(&name, 2048).expect("opening the pipe's client end");
+        // The client end reads bytes unless told otherwise; the driver hands out whole frames.
+        let mode = PIPE_READMODE_MESSAGE;
+        // SAFETY: a valid pipe handle; `mode` outlives the call; the other parameters are
+        // optional and null.
+        let ok = unsafe { SetNamedPipeHandleState(device.raw(), &mode, ptr::null(), ptr::null()) };
+        assert_ne!(ok, 0, "{}", io::Error::last_os_error());
+        // SAFETY: a valid synchronous pipe handle; a null OVERLAPPED is right for it. The client
+        // is already connected, so this returns at once (ERROR_PIPE_CONNECTED, a success).
+        unsafe { ConnectNamedPipe(server.as_raw_handle(), ptr::null_mut()) };
+        (server, device)
+    }
+
+    fn signalled(event: RawHandle, timeout_ms: u32) -> bool {
+        // SAFETY: the event belongs to a device that outlives the call.
+        unsafe { WaitForSingleObject(event, timeout_ms) == WAIT_OBJECT_0 }
+    }
+
+    #[test]
+    fn read_finds_nothing_then_wakes_and_returns_the_frame() {
+        let (mut driver, mut device) = pipe_pair("read", 65_536);
+        let mut buf = [0_u8; 2048];
+        assert_eq!(device.read(&mut buf).unwrap(), None);
+        assert!(!signalled(device.read_event(), 0), "nothing arrived yet");
+        driver.write_all(b"frame one").unwrap();
+        assert!(
+            signalled(device.read_event(), 5_000),
+            "the read event must fire"
+        );
+        assert_eq!(device.read(&mut buf).unwrap(), Some(9));
+        assert_eq!(&buf[..9], b"frame one");
+        assert_eq!(device.read(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn frames_keep_their_boundaries() {
+        let (mut driver, mut device) = pipe_pair("bounds", 65_536);
+        driver.write_all(b"first").unwrap();
+        driver.write_all(b"second!").unwrap();
+        let mut buf = [0_u8; 2048];
+        let mut frames = Vec::new();
+        for _ in 0..100 {
+            match device.read(&mut buf).unwrap() {
+                Some(len) => frames.push(buf[..len].to_vec()),
+                None if frames.len() == 2 => break,
+                None => assert!(signalled(device.read_event(), 5_000)),
+            }
+        }
+        assert_eq!(frames, [b"first".to_vec(), b"second!".to_vec()]);
+    }
+
+    #[test]
+    fn a_frame_longer_than_the_callers_buffer_is_truncated() {
+        let (mut driver, mut device) = pipe_pair("trunc", 65_536);
+        driver.write_all(b"0123456789").unwrap();
+        let mut small = [0_u8; 4];
+        let mut got = device.read(&mut small).unwrap();
+        if got.is_none() {
+            assert!(signalled(device.read_event(), 5_000));
+            got = device.read(&mut small).unwrap();
+        }
+        assert_eq!(got, Some(4));
+        assert_eq!(&small, b"0123");
+    }
+
+    #[test]
+    fn writes_arrive_as_whole_frames() {
+        let (mut driver, mut device) = pipe_pair("write", 65_536);
+        device.set_write_slots(4, 64).unwrap();
+        device.write(b"to the lan").unwrap();
+        device.write(b"again").unwrap();
+        let mut buf = [0_u8; 256];
+        assert_eq!(driver.read(&mut buf).unwrap(), 10);
+        assert_eq!(&buf[..10], b"to the lan");
+        assert_eq!(driver.read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"again");
+    }
+
+    #[test]
+    fn writes_would_block_when_every_slot_is_in_flight_and_resume_after() {
+        // A pipe with a tiny buffer stalls writes until the driver end reads.
+        let (mut driver, mut device) = pipe_pair("full", 1);
+        device.set_write_slots(2, 512).unwrap();
+        let frame = [0x5a_u8; 512];
+        let mut accepted = 0;
+        let blocked = (0..1_000).any(|_| match device.write(&frame) {
+            Ok(()) => {
+                accepted += 1;
+                false
+            }
+            Err(err) => {
+                assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+                true
+            }
+        });
+        assert!(blocked, "{accepted} writes were accepted without blocking");
+        let mut buf = [0_u8; 512];
+        for _ in 0..accepted {
+            assert_eq!(driver.read(&mut buf).unwrap(), 512);
+        }
+        assert_eq!(buf, frame);
+        device.write(&frame).unwrap();
+        assert_eq!(device.failed_writes(), 0);
+    }
+
+    #[test]
+    fn empty_and_oversized_frames_are_refused() {
+        let (_driver, mut device) = pipe_pair("sizes", 65_536);
+        device.set_write_slots(1, 16).unwrap();
+        let err = device.write(&[0; 17]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            device.write(&[]).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        device.write(&[0; 16]).unwrap();
+    }
+
+    #[test]
+    fn dropping_with_a_read_in_flight_cancels_it() {
+        let (_driver, mut device) = pipe_pair("drop", 65_536);
+        let mut buf = [0_u8; 64];
+        assert_eq!(device.read(&mut buf).unwrap(), None);
+        // Drop cancels the pending read and waits for it; returning at all is the test.
+        drop(device);
+    }
+
+    #[test]
+    fn ioctl_errors_carry_the_win32_code() {
+        let (_driver, mut device) = pipe_pair("ioctl", 65_536);
+        let mut mac = [0_u8; 6];
+        let err = device
+            .ioctl(crate::adapter::tap::IOCTL_GET_MAC, &[], &mut mac)
+            .unwrap_err();
+        assert!(err.raw_os_error().is_some(), "{err}");
+    }
+}

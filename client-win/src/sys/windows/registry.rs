@@ -127,3 +127,36 @@ impl Drop for RegKey {
         unsafe { RegCloseKey(self.0) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CURRENT_VERSION: &str = r"SOFTWARE\Microsoft\Windows NT\CurrentVersion";
+
+    #[test]
+    fn reads_a_string_value_and_misses_an_absent_one() {
+        let key = RegKey::open_local_machine(CURRENT_VERSION).unwrap();
+        let root = key
+            .string_value("SystemRoot")
+            .unwrap()
+            .expect("SystemRoot is set");
+        assert!(!root.is_empty() && !root.ends_with('\0'), "{root:?}");
+        assert_eq!(key.string_value("lp-no-such-value").unwrap(), None);
+    }
+
+    #[test]
+    fn lists_subkeys_and_opens_them() {
+        let software = RegKey::open_local_machine("SOFTWARE").unwrap();
+        let names = software.subkey_names().unwrap();
+        assert!(
+            names
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case("Microsoft")),
+            "{names:?}"
+        );
+        assert!(software.open_subkey("Microsoft").is_ok());
+        let missing = RegKey::open_local_machine(r"SOFTWARE\lp-no-such-key").unwrap_err();
+        assert_eq!(missing.raw_os_error(), Some(ERROR_FILE_NOT_FOUND as i32));
+    }
+}
