@@ -265,6 +265,24 @@ impl std::os::windows::io::AsRawHandle for WaitHandle {
     }
 }
 
+/// Blocks until one of `handles` is signalled (its index) or `timeout` passes (`None`);
+/// `timeout` `None` waits forever. Timeouts are rounded up to whole milliseconds.
+///
+/// A socket joins the wait through an event from `WSAEventSelect`, wrapped with
+/// [`WaitHandle::from_raw_handle`].
+///
+/// # Errors
+///
+/// `InvalidInput` for no handles or more than 64 (`MAXIMUM_WAIT_OBJECTS`); the Win32 error of
+/// `WaitForMultipleObjects` otherwise.
+#[cfg(windows)]
+pub fn wait_any(
+    handles: &[WaitHandle],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Option<usize>> {
+    crate::sys::wait::wait_any(handles, timeout)
+}
+
 /// An open virtual adapter, as the client's datapath loop uses it.
 ///
 /// The loop's contract: call [`read`](Self::read) until it returns `Ok(None)`, then block on

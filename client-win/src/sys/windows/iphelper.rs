@@ -313,7 +313,8 @@ pub(crate) fn ipv4_routes() -> Result<Vec<RouteEntry>> {
                 index: row.InterfaceIndex,
                 destination: ipv4(&row.DestinationPrefix.Prefix)?,
                 prefix: row.DestinationPrefix.PrefixLength,
-                next_hop: ipv4(&row.NextHop)?,
+                // An on-link route may leave the next hop's family unset.
+                next_hop: ipv4(&row.NextHop).unwrap_or(Ipv4Addr::UNSPECIFIED),
                 metric: row.Metric,
             })
         })

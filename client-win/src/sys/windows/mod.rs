@@ -7,11 +7,13 @@
 //! - [`iphelper`]: IP Helper rows (`MIB_*_ROW*`) and tables, converted to portable types.
 //! - [`overlapped`]: a device handle with overlapped reads and writes (tap-windows6).
 //! - [`registry`]: read-only registry keys.
+//! - [`wait`]: waiting on several adapters' wait handles at once.
 //! - [`wintun`]: loading `wintun.dll` and the two wintun values that need `unsafe` to read.
 
 pub(crate) mod iphelper;
 pub(crate) mod overlapped;
 pub(crate) mod registry;
+pub(crate) mod wait;
 pub(crate) mod wintun;
 
 /// Encodes `text` as a NUL-terminated UTF-16 string for a `PCWSTR` parameter.

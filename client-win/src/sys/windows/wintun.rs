@@ -30,3 +30,25 @@ pub(crate) fn wait_handle(event: wintun::HANDLE) -> WaitHandle {
     // values because its source type depends on the wintun crate's windows-sys version.
     WaitHandle::from_raw_handle(event as std::os::windows::io::RawHandle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_dll_is_an_error_not_a_crash() {
+        let err = load(Path::new(r"C:\lp-no-such-dir\wintun.dll")).err();
+        assert!(
+            err.is_some(),
+            "loading a file that does not exist must fail"
+        );
+    }
+
+    #[test]
+    fn luid_value_reads_the_whole_union() {
+        let luid = wintun::NET_LUID_LH {
+            Value: 0x0123_4567_89ab_cdef,
+        };
+        assert_eq!(luid_value(&luid), 0x0123_4567_89ab_cdef);
+    }
+}
