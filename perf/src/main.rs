@@ -1,6 +1,7 @@
 //! `lanparty-perf`: the one-machine LAN-party lab and the benchmark harness.
 
 mod bench;
+mod lab_cmd;
 mod stats;
 #[allow(unsafe_code)]
 mod sys;
@@ -20,7 +21,7 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build a whole LAN party on this machine from network namespaces (needs root).
-    Lab,
+    Lab(LabArgs),
     /// Run benchmarks, each against a baseline in the same run.
     Bench {
         /// Which scenario.
@@ -32,6 +33,27 @@ enum Command {
     },
 }
 
+/// Options of `lanparty-perf lab`.
+#[derive(Debug, clap::Args)]
+struct LabArgs {
+    /// Plug the clients straight into the party bridge (the no-tunnel baseline).
+    #[arg(long)]
+    direct: bool,
+    /// Leave the lab up after the checks until Ctrl-C.
+    #[arg(long)]
+    keep: bool,
+    /// Seconds of each iperf3 run (0 skips throughput).
+    #[arg(long, default_value_t = 3)]
+    iperf_secs: u32,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Directory with lanparty-relay, lanparty-gateway and lanparty-client (tunnel variant;
+    /// default: next to this program).
+    #[arg(long)]
+    bin_dir: Option<std::path::PathBuf>,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Scenario {
     Quic,
@@ -39,7 +61,7 @@ enum Scenario {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
-        Command::Lab => anyhow::bail!("the lab is not built yet"),
+        Command::Lab(args) => lab_cmd::run(&args),
         Command::Bench {
             scenario: Scenario::Quic,
             quick,
