@@ -241,12 +241,20 @@ fn leftovers_of_a_crashed_run_are_removed() {
         .unwrap();
     std::fs::write(dir.join("dnsmasq.pid"), format!("{}\n", orphan.id())).unwrap();
 
-    cleanup_lab_leftovers().unwrap();
+    // The kernel shows the new command line once the shell has started.
+    let cmdline_path = format!("/proc/{}/cmdline", orphan.id());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut cmdline = String::new();
+    while Instant::now() < deadline && !cmdline.contains(&*dir.to_string_lossy()) {
+        std::thread::sleep(Duration::from_millis(10));
+        cmdline = std::fs::read_to_string(&cmdline_path).unwrap_or_default();
+    }
+    let removed = cleanup_lab_leftovers().unwrap();
 
     let status = orphan.wait_timeout_or_kill(Duration::from_secs(5));
     assert!(
         status.is_some_and(|s| !s.success()),
-        "the orphan was not killed"
+        "the orphan was not killed: removed {removed:?}, its command line {cmdline:?}"
     );
     assert!(!list_namespaces().unwrap().contains(&ns), "{ns} survived");
     assert!(!dir.exists(), "{} survived", dir.display());

@@ -294,9 +294,13 @@ pub fn is_link_local_v6(addr: IpAddr) -> bool {
 ///
 /// As [`wait_for_addr`].
 pub fn link_local_addr(ns: &Netns, ifname: &str, timeout: Duration) -> Result<Ipv6Addr, LabError> {
-    match wait_for_addr(ns, ifname, is_link_local_v6, timeout)? {
+    let found = wait_for_addr(ns, ifname, is_link_local_v6, timeout)?;
+    match found {
         IpAddr::V6(v6) => Ok(v6),
-        IpAddr::V4(_) => unreachable!("is_link_local_v6 only accepts IPv6"),
+        IpAddr::V4(_) => Err(LabError::Failed {
+            what: format!("the link-local address of {ifname}"),
+            detail: format!("{found} is not IPv6"),
+        }),
     }
 }
 
