@@ -56,7 +56,7 @@ fn direct_lab_connects_a_client_to_the_party_lan_and_leaves_nothing_behind() {
     let started = Instant::now();
     let stop = AtomicBool::new(false);
     let mut lines = Vec::new();
-    let lab = Lab::build(
+    let mut lab = Lab::build(
         &LabConfig::direct(),
         &mut |l: &str| lines.push(l.to_owned()),
         &stop,
@@ -64,7 +64,10 @@ fn direct_lab_connects_a_client_to_the_party_lan_and_leaves_nothing_behind() {
     .expect("the direct lab comes up");
     assert!(lines.iter().any(|l| l.contains("lab is up")), "{lines:?}");
 
-    // LAN hosts are static; the direct client got its address from dnsmasq.
+    // LAN hosts are static; the direct clients got their addresses from dnsmasq.
+    let c2_lease = lab.node("c2").unwrap().lan_addr;
+    let c2_seen = lab.wait_for_lan_addr("c2", Duration::from_secs(1)).unwrap();
+    assert_eq!(Some(c2_seen), c2_lease);
     let host1 = lab.node("host1").unwrap();
     let c1 = lab.node("c1").unwrap();
     let h_addr = host1.lan_addr.expect("host1 has a static address");

@@ -554,6 +554,35 @@ impl Lab {
         Ok(lease)
     }
 
+    /// Waits until the LAN interface of `role` has an IPv4 address (for example, once a
+    /// tunnelled client's own DHCP is done), records it as the node's `lan_addr` and returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`LabError::UnknownNode`], [`LabError::Failed`] when the node has no LAN interface, and
+    /// the errors of [`wait_for_addr`] ([`LabError::Timeout`]).
+    pub fn wait_for_lan_addr(
+        &mut self,
+        role: &str,
+        timeout: Duration,
+    ) -> Result<Ipv4Addr, LabError> {
+        let i = self.idx(role)?;
+        let node = &mut self.nodes[i];
+        let ifname = node.lan_if.clone().ok_or_else(|| LabError::Failed {
+            what: format!("waiting for an address on {role}"),
+            detail: "the node has no LAN interface".into(),
+        })?;
+        let found = wait_for_addr(&node.ns, &ifname, |a| a.is_ipv4(), timeout)?;
+        let IpAddr::V4(v4) = found else {
+            return Err(LabError::Failed {
+                what: format!("waiting for an address on {role}"),
+                detail: format!("{found} is not IPv4"),
+            });
+        };
+        node.lan_addr = Some(v4);
+        Ok(v4)
+    }
+
     /// The variant this lab was built as.
     pub fn variant(&self) -> Variant {
         self.variant
