@@ -1,7 +1,6 @@
 //! `lanparty-perf`: the one-machine LAN-party lab and the benchmark harness.
 
 mod bench;
-mod lab_cmd;
 mod stats;
 #[allow(unsafe_code)]
 mod sys;
@@ -21,7 +20,7 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build a whole LAN party on this machine from network namespaces (needs root).
-    Lab(LabArgs),
+    Lab(lanparty_perf::lab::LabArgs),
     /// Run benchmarks, each against a baseline in the same run.
     Bench {
         /// Which scenario.
@@ -33,27 +32,6 @@ enum Command {
     },
 }
 
-/// Options of `lanparty-perf lab`.
-#[derive(Debug, clap::Args)]
-struct LabArgs {
-    /// Plug the clients straight into the party bridge (the no-tunnel baseline).
-    #[arg(long)]
-    direct: bool,
-    /// Leave the lab up after the checks until Ctrl-C.
-    #[arg(long)]
-    keep: bool,
-    /// Seconds of each iperf3 run (0 skips throughput).
-    #[arg(long, default_value_t = 3)]
-    iperf_secs: u32,
-    /// Write the report as JSON to this file.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
-    /// Directory with lanparty-relay, lanparty-gateway and lanparty-client (tunnel variant;
-    /// default: next to this program).
-    #[arg(long)]
-    bin_dir: Option<std::path::PathBuf>,
-}
-
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Scenario {
     Quic,
@@ -61,7 +39,7 @@ enum Scenario {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
-        Command::Lab(args) => lab_cmd::run(&args),
+        Command::Lab(args) => lanparty_perf::lab::run_command(&args),
         Command::Bench {
             scenario: Scenario::Quic,
             quick,

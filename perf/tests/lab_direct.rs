@@ -282,3 +282,47 @@ impl WaitTimeout for std::process::Child {
         None
     }
 }
+
+#[test]
+fn without_dhcp_direct_clients_fall_back_to_static_addresses() {
+    if !require_root("without_dhcp_direct_clients_fall_back_to_static_addresses") {
+        return;
+    }
+    let _serial = serial();
+    let stop = AtomicBool::new(false);
+    let config = LabConfig {
+        dhcp: false,
+        ..LabConfig::direct()
+    };
+    let lab = Lab::build(&config, &mut |_| {}, &stop).expect("the direct lab comes up");
+    assert_eq!(lab.dnsmasq_pid(), None);
+    let c1 = lab.node("c1").unwrap();
+    assert_eq!(
+        c1.lan_addr.map(|a| a.to_string()).as_deref(),
+        Some("198.18.0.101")
+    );
+    let host1 = lab.node("host1").unwrap();
+    let s = ping_stats(
+        &c1.ns,
+        IpAddr::V4(host1.lan_addr.unwrap()),
+        None,
+        &quick_ping(),
+    )
+    .unwrap();
+    assert_eq!(s.received, 10);
+    let opts = ReportOptions {
+        ping: quick_ping(),
+        iperf_secs: 0,
+        ..ReportOptions::default()
+    };
+    let report = lab.report(&opts, &mut |_| {}, &stop);
+    assert_eq!(
+        report.find("DHCP address", "c1").unwrap().status,
+        Status::Skipped
+    );
+    assert_eq!(
+        report.find("ping RTT", "c1 -> host1").unwrap().status,
+        Status::Pass
+    );
+    assert!(report.all_passed(), "{}", report.to_markdown());
+}

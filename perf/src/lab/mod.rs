@@ -45,6 +45,7 @@
 //! [`Lab::build`] checks a stop flag between its steps so a Ctrl-C handler can end a build
 //! early; the drop then cleans up as usual.
 
+mod cli;
 mod dhcp;
 mod measure;
 mod process;
@@ -59,6 +60,7 @@ use std::time::Duration;
 
 use lanparty_datapath::sys::netns::{self, Bridge, Netns, NetnsError, Veth};
 
+pub use cli::{LabArgs, run_command};
 pub use dhcp::{DNSMASQ_INSTALL_HINT, DhcpLease, Dnsmasq, dhcp_request, dnsmasq_installed, mac_of};
 pub use measure::{
     IPERF3_INSTALL_HINT, PingPlan, PingStats, TcpThroughput, UdpRate, addresses, broadcast_reaches,

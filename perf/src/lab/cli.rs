@@ -1,13 +1,33 @@
-//! `lanparty-perf lab`: builds the lab, runs the checks, prints the table, tears down.
+//! `lanparty-perf lab`: builds the lab, runs the checks, prints the table, tears down (or, with
+//! `--keep`, waits for Ctrl-C first).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::{Lab, LabConfig, LabError, ReportOptions, TunnelBinaries};
 use anyhow::Context as _;
-use lanparty_perf::lab::{Lab, LabConfig, LabError, ReportOptions, TunnelBinaries};
 
-use crate::LabArgs;
+/// Options of `lanparty-perf lab`.
+#[derive(Debug, clap::Args)]
+pub struct LabArgs {
+    /// Plug the clients straight into the party bridge (the no-tunnel baseline).
+    #[arg(long)]
+    pub direct: bool,
+    /// Leave the lab up after the checks until Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+    /// Seconds of each iperf3 run (0 skips throughput).
+    #[arg(long, default_value_t = 3)]
+    pub iperf_secs: u32,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Directory with lanparty-relay, lanparty-gateway and lanparty-client (tunnel variant;
+    /// default: next to this program).
+    #[arg(long)]
+    pub bin_dir: Option<std::path::PathBuf>,
+}
 
 /// Raises the returned flag on Ctrl-C (SIGINT), from a thread running a small tokio runtime.
 fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
@@ -32,7 +52,14 @@ fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-pub(crate) fn run(args: &LabArgs) -> anyhow::Result<()> {
+/// Runs `lanparty-perf lab`: builds the lab (direct or tunnelled), prints progress lines on
+/// stderr and the report table on stdout, optionally writes the JSON report, keeps the lab up
+/// until Ctrl-C with `--keep`, and tears it down.
+///
+/// # Errors
+///
+/// Not root, a failed build, the tunnel not wired yet, or failed checks.
+pub fn run_command(args: &LabArgs) -> anyhow::Result<()> {
     if !lanparty_datapath::sys::netns::is_root() {
         anyhow::bail!("the lab needs root (network namespaces); run it with sudo");
     }
