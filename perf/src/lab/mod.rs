@@ -702,12 +702,18 @@ impl Lab {
                 break;
             }
             progress(&format!("checking {role}"));
-            self.check_client(role, opts, &mut report);
+            self.check_client(role, opts, &mut report, stop);
         }
         report
     }
 
-    fn check_client(&self, role: &str, opts: &ReportOptions, report: &mut Report) {
+    fn check_client(
+        &self,
+        role: &str,
+        opts: &ReportOptions,
+        report: &mut Report,
+        stop: &AtomicBool,
+    ) {
         let to = "host1";
         let path = format!("{role} -> {to}");
         let back = format!("{to} -> {role}");
@@ -799,7 +805,7 @@ impl Lab {
             Err(e) => Check::fail("IPv6 link-local", &path, e.to_string()),
         });
         // Throughput.
-        if opts.iperf_secs == 0 {
+        if opts.iperf_secs == 0 || stop.load(Ordering::Relaxed) {
             return;
         }
         if !iperf3_installed() {
