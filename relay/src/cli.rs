@@ -111,11 +111,22 @@ fn serve(args: Args) -> anyhow::Result<()> {
     let handle = crate::start(config)?;
     // The banner goes to stdout so that scripts can pick the link up; logs go to stderr.
     let mut out = std::io::stdout().lock();
-    writeln!(out, "lanparty-relay listening on udp {}", handle.local_addr())?;
-    writeln!(out, "certificate fingerprint (sha-256): {}", handle.fingerprint())?;
+    writeln!(
+        out,
+        "lanparty-relay listening on udp {}",
+        handle.local_addr()
+    )?;
+    writeln!(
+        out,
+        "certificate fingerprint (sha-256): {}",
+        handle.fingerprint()
+    )?;
     writeln!(out, "join link: {}", handle.join_link())?;
     if let Some(addr) = handle.metrics_addr() {
-        writeln!(out, "metrics: http://{addr}/metrics  status: http://{addr}/status")?;
+        writeln!(
+            out,
+            "metrics: http://{addr}/metrics  status: http://{addr}/status"
+        )?;
     }
     out.flush()?;
     drop(out);
@@ -174,7 +185,12 @@ fn merge(args: Args, file: FileConfig) -> anyhow::Result<RelayConfig> {
 /// first entry), `/var/lib/lanparty-relay` as root, else the XDG state directory.
 fn default_state_dir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
-        let dir = dir.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+        let dir = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
         if !dir.is_empty() {
             return Ok(PathBuf::from(dir));
         }

@@ -70,11 +70,25 @@ mod tests {
 
     #[test]
     fn listen_forms() {
-        assert_eq!(parse_listen("0.0.0.0:4433").unwrap(), "0.0.0.0:4433".parse().unwrap());
-        assert_eq!(parse_listen("[::]:443").unwrap(), "[::]:443".parse().unwrap());
-        assert_eq!(parse_listen("443/udp").unwrap(), "[::]:443".parse().unwrap());
+        assert_eq!(
+            parse_listen("0.0.0.0:4433").unwrap(),
+            "0.0.0.0:4433".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("[::]:443").unwrap(),
+            "[::]:443".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("443/udp").unwrap(),
+            "[::]:443".parse().unwrap()
+        );
         assert_eq!(parse_listen("8443").unwrap(), "[::]:8443".parse().unwrap());
-        assert!(parse_listen("443/tcp").unwrap_err().to_string().contains("UDP"));
+        assert!(
+            parse_listen("443/tcp")
+                .unwrap_err()
+                .to_string()
+                .contains("UDP")
+        );
         assert!(parse_listen("nonsense").is_err());
         assert!(parse_listen("70000/udp").is_err());
     }

@@ -265,8 +265,13 @@ impl Control {
                     self.leave(peer).await;
                 }
                 if self.conns.contains_key(&conn) {
-                    self.close(conn, close::LEFT, "control stream finished".to_owned(), false)
-                        .await;
+                    self.close(
+                        conn,
+                        close::LEFT,
+                        "control stream finished".to_owned(),
+                        false,
+                    )
+                    .await;
                 }
             }
             Up::Closed { conn, reason } => self.on_closed(conn, &reason).await,
@@ -409,10 +414,7 @@ impl Control {
             return;
         };
         let (remote, budget) = (c.remote, c.budget);
-        let admitted = match self
-            .rooms
-            .admit(Instant::now(), remote.ip(), hello, budget)
-        {
+        let admitted = match self.rooms.admit(Instant::now(), remote.ip(), hello, budget) {
             Ok(admitted) => admitted,
             Err(reject) => {
                 self.reject(conn, reject).await;
@@ -640,9 +642,8 @@ impl Control {
             .into_iter()
             .map(|room| {
                 let snap = by_code.get(room.code.as_str());
-                let peer_snap = |id: PeerId| {
-                    snap.and_then(|s| s.peers.iter().find(|p| p.peer.0 == id.0))
-                };
+                let peer_snap =
+                    |id: PeerId| snap.and_then(|s| s.peers.iter().find(|p| p.peer.0 == id.0));
                 RoomReport {
                     code: room.code.as_str().to_owned(),
                     budget: room.budget,

@@ -153,14 +153,12 @@ impl Datapath {
     }
 
     fn up(&mut self, event: Up) {
-        if self.pending_up.is_empty() {
-            match self.channel.try_send(event) {
-                Ok(()) => return,
-                Err(SendError::Full(event)) => self.pending_up.push_back(event),
-                // The control thread is gone; stop (shutdown is handled in handle_commands).
-                Err(_) => return,
-            }
-        } else {
+        if !self.pending_up.is_empty() {
+            self.pending_up.push_back(event);
+            return;
+        }
+        // Otherwise sent, or the control thread is gone (shutdown follows in handle_commands).
+        if let Err(SendError::Full(event)) = self.channel.try_send(event) {
             self.pending_up.push_back(event);
         }
     }

@@ -4,12 +4,12 @@
 //! # Threads
 //!
 //! - The **datapath thread** owns the [`Runner`] (the sans-IO QUIC driver plus the UDP
-//!   backend, io_uring when the kernel has it) and one switch [`Room`](switch::Room) per room.
+//!   backend, io_uring when the kernel has it) and one switch [`Room`](lanparty_datapath::switch::Room) per room.
 //!   It forwards every DATAGRAM of an admitted peer by its room's verdict, sending the very
 //!   same `Bytes` to every egress connection; datagrams from connections not admitted yet are
 //!   dropped and counted.
 //! - The **control thread** (a tokio current-thread runtime started with
-//!   [`runtime::spawn`](lanparty_control::runtime::spawn)) owns the admission policy
+//!   [`runtime::spawn`]) owns the admission policy
 //!   ([`Rooms`](lanparty_control::admission::Rooms)), a control-stream decoder per connection,
 //!   the hello timer, periodic stats to peers, signals, and the metrics/status HTTP server.
 //! - Between them, bounded channels: events up (connected, control bytes, closed, stats
@@ -247,8 +247,8 @@ pub fn start(config: RelayConfig) -> anyhow::Result<RelayHandle> {
         ),
         Identity::StateDir(dir) => anyhow::anyhow!("{}: {e}", dir.display()),
     })?;
-    let backend = open_best(config.listen)
-        .with_context(|| format!("listening on UDP {}", config.listen))?;
+    let backend =
+        open_best(config.listen).with_context(|| format!("listening on UDP {}", config.listen))?;
     let mut driver_config = DriverConfig::default();
     driver_config.max_connections = config.admission.max_connections.max(1);
     let driver = Driver::new(driver_config, Some(crypto));

@@ -78,7 +78,11 @@ async fn handle(mut stream: TcpStream, requests: mpsc::Sender<Request>) -> std::
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (status, content_type, body) = if method != "GET" {
-        ("405 Method Not Allowed", "text/plain", "GET only\n".to_owned())
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_owned(),
+        )
     } else {
         match path {
             "/metrics" => {
@@ -306,7 +310,9 @@ pub(crate) fn render(report: &StatusReport) -> String {
 
     for room in &report.rooms {
         let r = labels(&[("room", &room.code)]);
-        room_peers.get_or_create(&r).set(gauge_i64(room.peers.len()));
+        room_peers
+            .get_or_create(&r)
+            .set(gauge_i64(room.peers.len()));
         room_macs.get_or_create(&r).set(gauge_i64(room.mac_table));
         room_floods.get_or_create(&r).inc_by(room.floods);
         for (reason, n) in &room.drops {

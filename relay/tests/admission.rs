@@ -64,7 +64,12 @@ fn a_full_room_rejects_the_next_peer() {
 fn a_second_gateway_is_rejected() {
     let relay = TestRelay::start();
     let mut gw = relay.connect();
-    gw.send(&Message::Hello(hello(Role::Gateway, "lan-party", mac(0x10), "gw1")));
+    gw.send(&Message::Hello(hello(
+        Role::Gateway,
+        "lan-party",
+        mac(0x10),
+        "gw1",
+    )));
     gw.expect_welcome();
     let (code, _) = rejected(&relay, &hello(Role::Gateway, "lan-party", mac(0x11), "gw2"));
     assert_eq!(code, RejectCode::GatewayAlreadyPresent);
@@ -74,7 +79,10 @@ fn a_second_gateway_is_rejected() {
 fn a_mac_already_in_the_room_is_rejected() {
     let relay = TestRelay::start();
     let (_a, _) = relay.join("lan-party", mac(1), "Ann");
-    let (code, reason) = rejected(&relay, &hello(Role::Client, "lan-party", mac(1), "Impostor"));
+    let (code, reason) = rejected(
+        &relay,
+        &hello(Role::Client, "lan-party", mac(1), "Impostor"),
+    );
     assert_eq!(code, RejectCode::MacInUse);
     assert!(reason.contains("02:5e:10:00:00:01"), "{reason}");
 }
@@ -118,7 +126,10 @@ fn a_peer_that_never_says_hello_is_closed_with_handshake_timeout() {
     let mut peer = relay.connect();
     let reason = peer.wait_closed(WAIT).expect("closed by the relay");
     assert!(reason.contains("handshake_timeout"), "{reason}");
-    assert_eq!(relay.status().counters.rejects.get("handshake_timeout"), Some(&1));
+    assert_eq!(
+        relay.status().counters.rejects.get("handshake_timeout"),
+        Some(&1)
+    );
 }
 
 #[test]
@@ -179,13 +190,23 @@ fn a_hello_flood_from_one_address_does_not_keep_others_out() {
         relay.addr(),
         relay.fingerprint(),
     );
-    other.send(&Message::Hello(hello(Role::Client, "lan-party", mac(9), "Dan")));
+    other.send(&Message::Hello(hello(
+        Role::Client,
+        "lan-party",
+        mac(9),
+        "Dan",
+    )));
     let welcome = other.expect_welcome();
     assert!(welcome.peers.is_empty());
     // The eight connections over the per-address limit were refused when they spoke.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let refused = relay.status().counters.rejects.get("too_many_connections").copied();
+        let refused = relay
+            .status()
+            .counters
+            .rejects
+            .get("too_many_connections")
+            .copied();
         if refused == Some(8) {
             break;
         }

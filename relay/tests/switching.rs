@@ -10,7 +10,7 @@ use common::*;
 use lanparty_control::msg::{Message, Role};
 use lanparty_datapath::Mac;
 use lanparty_datapath::budget::Budget;
-use lanparty_datapath::frag::{Fragmenter, ReassemblyConfig, Reassembler, Split};
+use lanparty_datapath::frag::{Fragmenter, Reassembler, ReassemblyConfig, Split};
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -43,7 +43,10 @@ fn status_until(relay: &TestRelay, check: impl Fn(&lanparty_relay::StatusReport)
         if check(&status) {
             return;
         }
-        assert!(Instant::now() < deadline, "status never matched: {status:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "status never matched: {status:#?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -79,7 +82,9 @@ fn spoofed_and_rogue_frames_from_a_client_are_dropped_and_counted() {
     p[0].send_frame(&bpdu(mac(1)));
     assert!(p[1].collect_for(QUIET).is_empty());
     assert!(p[2].collect_for(Duration::ZERO).is_empty());
-    status_until(&relay, |s| s.peer(ann_id).is_some_and(|a| a.datagrams_in == 4));
+    status_until(&relay, |s| {
+        s.peer(ann_id).is_some_and(|a| a.datagrams_in == 4)
+    });
     let status = relay.status();
     let ann = status.peer(ann_id).unwrap();
     for reason in [
@@ -90,7 +95,15 @@ fn spoofed_and_rogue_frames_from_a_client_are_dropped_and_counted() {
     ] {
         assert_eq!(ann.drops.get(reason), Some(&1), "{reason}: {:?}", ann.drops);
     }
-    assert_eq!(status.room("lan-party").unwrap().drops.values().sum::<u64>(), 4);
+    assert_eq!(
+        status
+            .room("lan-party")
+            .unwrap()
+            .drops
+            .values()
+            .sum::<u64>(),
+        4
+    );
 }
 
 #[test]
@@ -119,7 +132,10 @@ fn a_full_size_frame_crosses_as_fragments_and_reassembles() {
     let split = Fragmenter::new()
         .fragment(&frame, budget, &mut BytesMut::new(), |d| fragments.push(d))
         .unwrap();
-    assert!(matches!(split, Split::Fragments { count, .. } if count >= 2), "{split:?}");
+    assert!(
+        matches!(split, Split::Fragments { count, .. } if count >= 2),
+        "{split:?}"
+    );
     for f in &fragments {
         a.send_datagram(f.clone());
     }
@@ -139,7 +155,9 @@ fn a_full_size_frame_crosses_as_fragments_and_reassembles() {
 fn a_leaving_peer_takes_its_mac_and_the_others_hear_peer_left() {
     let relay = TestRelay::start();
     let mut p = room_of_three(&relay, "lan-party");
-    status_until(&relay, |s| s.room("lan-party").is_some_and(|r| r.mac_table == 3));
+    status_until(&relay, |s| {
+        s.room("lan-party").is_some_and(|r| r.mac_table == 3)
+    });
     let bob_id = relay.status().room("lan-party").unwrap().peers[1].peer_id;
     let mut bob = p.remove(1);
     bob.send(&Message::Disconnect(lanparty_control::msg::Disconnect {
@@ -192,7 +210,12 @@ fn shutdown_sends_every_peer_a_disconnect_and_a_close() {
     let (mut a, _) = relay.join("lan-party", mac(1), "Ann");
     let (mut gw, _) = {
         let mut gw = relay.connect();
-        gw.send(&Message::Hello(hello(Role::Gateway, "lan-party", mac(0x10), "gw")));
+        gw.send(&Message::Hello(hello(
+            Role::Gateway,
+            "lan-party",
+            mac(0x10),
+            "gw",
+        )));
         let w = gw.expect_welcome();
         (gw, w)
     };
@@ -212,7 +235,11 @@ fn shutdown_sends_every_peer_a_disconnect_and_a_close() {
         assert!(reason.contains("relay shutting down"), "{reason}");
     }
     stopper.join().unwrap().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     relay.shutdown();
 }
 

@@ -204,7 +204,11 @@ impl TestPeer {
     }
 
     /// Runs turns until `done` holds or `timeout` passes; returns whether `done` held.
-    pub fn pump_until(&mut self, timeout: Duration, mut done: impl FnMut(&mut Self) -> bool) -> bool {
+    pub fn pump_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&mut Self) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if done(self) {
@@ -257,7 +261,10 @@ impl TestPeer {
     pub fn expect_welcome(&mut self) -> Welcome {
         match self.next_notice(WAIT) {
             Some(Message::Welcome(w)) => w,
-            other => panic!("expected a welcome, got {other:?} (closed: {:?})", self.closed),
+            other => panic!(
+                "expected a welcome, got {other:?} (closed: {:?})",
+                self.closed
+            ),
         }
     }
 
