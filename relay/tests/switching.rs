@@ -263,3 +263,43 @@ fn peers_get_periodic_stats_with_their_own_counters() {
         }
     }
 }
+
+#[test]
+fn a_relay_on_the_ipv6_wildcard_serves_ipv4_and_ipv6_peers() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback on this host");
+        return;
+    }
+    let relay = TestRelay::start_with(|c| c.listen = "[::]:0".parse().unwrap());
+    let port = relay.addr().port();
+    let v4: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let v6: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let mut ann = TestPeer::connect(v4, relay.fingerprint());
+    ann.send(&Message::Hello(hello(
+        Role::Client,
+        "lan-party",
+        mac(1),
+        "Ann",
+    )));
+    ann.expect_welcome();
+    let mut bob = TestPeer::connect_from("[::1]:0".parse().unwrap(), v6, relay.fingerprint());
+    bob.send(&Message::Hello(hello(
+        Role::Client,
+        "lan-party",
+        mac(2),
+        "Bob",
+    )));
+    bob.expect_welcome();
+    ann.send_frame(&tagged(mac(2), mac(1), 9));
+    assert_eq!(tags(&bob.collect(1, WAIT)), vec![9]);
+    let status = relay.status();
+    let sources: Vec<&str> = status
+        .room("lan-party")
+        .unwrap()
+        .peers
+        .iter()
+        .map(|p| p.source.as_str())
+        .collect();
+    // The IPv4 peer shows as IPv4, not as an IPv4-mapped IPv6 address.
+    assert_eq!(sources, vec!["127.0.0.1", "::1"]);
+}
