@@ -184,7 +184,15 @@ fn merge(args: Args, file: FileConfig) -> anyhow::Result<RelayConfig> {
 /// The state directory when `--state-dir` is not given: systemd's `$STATE_DIRECTORY` (the
 /// first entry), `/var/lib/lanparty-relay` as root, else the XDG state directory.
 fn default_state_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+    state_dir_from(|name| std::env::var_os(name), is_root())
+}
+
+fn state_dir_from(
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    root: bool,
+) -> anyhow::Result<PathBuf> {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("STATE_DIRECTORY") {
         let dir = dir
             .to_string_lossy()
             .split(':')
@@ -195,13 +203,13 @@ fn default_state_dir() -> anyhow::Result<PathBuf> {
             return Ok(PathBuf::from(dir));
         }
     }
-    if is_root() {
+    if root {
         return Ok(PathBuf::from("/var/lib/lanparty-relay"));
     }
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+    if let Some(dir) = var("XDG_STATE_HOME") {
         return Ok(PathBuf::from(dir).join("lanparty-relay"));
     }
-    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+    match var("HOME") {
         Some(home) => Ok(PathBuf::from(home).join(".local/state/lanparty-relay")),
         None => bail!("no state directory: set --state-dir, $STATE_DIRECTORY or $HOME"),
     }
@@ -267,4 +275,72 @@ fn status_command(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
         print!("{}", fetch_status(addr)?.to_table());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn the_state_directory_follows_systemd_then_root_then_xdg_then_home() {
+        let all = [
+            ("STATE_DIRECTORY", "/var/lib/private/lanparty-relay:/other"),
+            ("XDG_STATE_HOME", "/home/ann/.state"),
+            ("HOME", "/home/ann"),
+        ];
+        let dir = |vars: &[(&str, &str)], root| state_dir_from(env(vars), root).unwrap();
+        assert_eq!(
+            dir(&all, true),
+            PathBuf::from("/var/lib/private/lanparty-relay")
+        );
+        assert_eq!(
+            dir(&all[1..], true),
+            PathBuf::from("/var/lib/lanparty-relay")
+        );
+        assert_eq!(
+            dir(&all[1..], false),
+            PathBuf::from("/home/ann/.state/lanparty-relay")
+        );
+        assert_eq!(
+            dir(&all[2..], false),
+            PathBuf::from("/home/ann/.local/state/lanparty-relay")
+        );
+        assert!(state_dir_from(env(&[("HOME", "")]), false).is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_token_is_checked() {
+        let args = Args::parse_from([
+            "lanparty-relay",
+            "--listen",
+            "443/udp",
+            "--state-dir",
+            "/tmp/lp",
+            "--max-rooms",
+            "3",
+        ]);
+        let file: FileConfig =
+            toml::from_str("listen = \"0.0.0.0:1\"\nmax_rooms = 9\nmax_peers_per_room = 4\n")
+                .unwrap();
+        let config = merge(args, file).unwrap();
+        assert_eq!(config.listen, "[::]:443".parse().unwrap());
+        assert_eq!(config.admission.max_rooms, 3);
+        assert_eq!(config.admission.max_peers_per_room, 4);
+        assert!(config.handle_signals);
+
+        let args = Args::parse_from(["lanparty-relay", "--gateway-token", "short"]);
+        let err = merge(args, FileConfig::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("--gateway-token") && !err.contains("short"),
+            "{err}"
+        );
+    }
 }

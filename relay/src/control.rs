@@ -244,7 +244,18 @@ impl Control {
     async fn reject(&mut self, conn: ConnKey, reject: Reject) {
         *self.rejects.entry(reject.code.as_str()).or_insert(0) += 1;
         if let Some(c) = self.conns.get(&conn) {
-            tracing::info!(remote = %c.remote, code = %reject.code, reason = %reject.reason, "hello rejected");
+            // Connections over the per-address limit are what a flood looks like: keep them
+            // out of the default log.
+            if reject.code == RejectCode::TooManyConnections {
+                tracing::debug!(remote = %c.remote, reason = %reject.reason, "connection refused");
+            } else {
+                tracing::info!(
+                    remote = %c.remote,
+                    code = %reject.code,
+                    reason = %reject.reason,
+                    "hello rejected"
+                );
+            }
         }
         let reason = reject.to_string();
         self.write(conn, &Message::Reject(reject)).await;

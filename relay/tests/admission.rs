@@ -222,7 +222,10 @@ fn a_reconnect_replaces_the_old_connection_and_the_room_hears_left_then_joined()
     let relay = TestRelay::start();
     let (mut ann, _) = relay.join("lan-party", mac(1), "Ann");
     let (mut bob, first) = relay.join("lan-party", mac(2), "Bob");
-    assert!(matches!(ann.next_notice(WAIT), Some(Message::PeerJoined(_))));
+    assert!(matches!(
+        ann.next_notice(WAIT),
+        Some(Message::PeerJoined(_))
+    ));
     // Bob's network blipped: same MAC, name and address, new connection.
     let (mut bob_again, second) = relay.join("lan-party", mac(2), "Bob");
     assert_ne!(first.peer_id, second.peer_id);
@@ -234,7 +237,10 @@ fn a_reconnect_replaces_the_old_connection_and_the_room_hears_left_then_joined()
         Some(Message::PeerJoined(joined)) => assert_eq!(joined.peer_id, second.peer_id),
         other => panic!("expected peer_joined, got {other:?}"),
     }
-    assert!(matches!(bob.next_notice(WAIT), Some(Message::Disconnect(_))));
+    assert!(matches!(
+        bob.next_notice(WAIT),
+        Some(Message::Disconnect(_))
+    ));
     assert!(bob.wait_closed(WAIT).unwrap().contains("replaced"));
     // Frames to Bob's MAC reach the new connection.
     ann.send_frame(&tagged(mac(2), mac(1), 3));
