@@ -114,12 +114,13 @@ impl Datapath {
         loop {
             let now = Instant::now();
             self.runner.receive(now);
-            while let Some(event) = self.runner.driver().poll_event() {
-                self.handle_event(now, event);
-            }
+            self.drain_events(now);
             self.handle_commands(now);
-            self.flush_up();
             self.handle_timers(now);
+            // Commands and timers may have closed connections: report those in this turn,
+            // not after the next sleep.
+            self.drain_events(now);
+            self.flush_up();
             self.runner.transmit(now)?;
             if self.stop_at.is_some_and(|t| t <= now)
                 || (self.stop_at.is_some() && self.runner.driver_ref().connection_count() == 0)
@@ -128,6 +129,12 @@ impl Datapath {
             }
             let deadline = self.next_deadline();
             self.runner.wait(deadline)?;
+        }
+    }
+
+    fn drain_events(&mut self, now: Instant) {
+        while let Some(event) = self.runner.driver().poll_event() {
+            self.handle_event(now, event);
         }
     }
 
