@@ -246,3 +246,25 @@ fn a_reconnect_replaces_the_old_connection_and_the_room_hears_left_then_joined()
     ann.send_frame(&tagged(mac(2), mac(1), 3));
     assert_eq!(bob_again.collect(1, WAIT).len(), 1);
 }
+
+#[test]
+fn a_new_room_beyond_the_room_limit_is_rejected() {
+    let relay = TestRelay::start_with(|c| c.admission.max_rooms = 1);
+    let (_a, _) = relay.join("red", mac(1), "Ann");
+    let (code, _) = rejected(&relay, &hello(Role::Client, "blue", mac(2), "Bob"));
+    assert_eq!(code, RejectCode::TooManyRooms);
+}
+
+#[test]
+fn on_a_gateway_first_relay_a_client_cannot_open_a_room() {
+    let relay = TestRelay::start_with(|c| {
+        c.admission.room_creation = lanparty_control::admission::RoomCreation::GatewayOnly;
+    });
+    let (code, _) = rejected(&relay, &hello(Role::Client, "lan-party", mac(1), "Ann"));
+    assert_eq!(code, RejectCode::NoSuchRoom);
+    let mut gw = relay.connect();
+    gw.send(&Message::Hello(hello(Role::Gateway, "lan-party", mac(0x10), "gw")));
+    gw.expect_welcome();
+    let (_ann, welcome) = relay.join("lan-party", mac(1), "Ann");
+    assert_eq!(welcome.peers.len(), 1);
+}
