@@ -263,7 +263,12 @@ fn on_a_gateway_first_relay_a_client_cannot_open_a_room() {
     let (code, _) = rejected(&relay, &hello(Role::Client, "lan-party", mac(1), "Ann"));
     assert_eq!(code, RejectCode::NoSuchRoom);
     let mut gw = relay.connect();
-    gw.send(&Message::Hello(hello(Role::Gateway, "lan-party", mac(0x10), "gw")));
+    gw.send(&Message::Hello(hello(
+        Role::Gateway,
+        "lan-party",
+        mac(0x10),
+        "gw",
+    )));
     gw.expect_welcome();
     let (_ann, welcome) = relay.join("lan-party", mac(1), "Ann");
     assert_eq!(welcome.peers.len(), 1);
