@@ -7,5 +7,12 @@
 //!   broadcast mapping and a DHCP client, sans-IO.
 //! - [`winplan`]: the plan of interface changes (address, routes, metric) and their undo.
 
+pub mod adapter;
 pub mod l2emu;
 pub mod winplan;
+
+// Windows system calls (adapter devices, registry, IP Helper): the only place `unsafe` is allowed.
+#[cfg(windows)]
+#[path = "sys/windows/mod.rs"]
+#[allow(unsafe_code)]
+mod sys;
