@@ -6,37 +6,30 @@
 //! relay and the remote player's uplink live on the namespace's loopback. IPv6 is off in the
 //! namespace so no router solicitation or MLD report wanders into the room.
 //!
-//! The relay is a scripted hub (it admits everyone, announces members to each other and forwards
-//! every datagram to every other member, fragments untouched), run on its own thread. The
-//! gateway is the real binary, started with `ip netns exec` and logging JSON lines, which the
+//! The relay is the real `lanparty-relay` binary (see [`relay_exe`]). The gateway is the real
+//! binary, started with `ip netns exec` and logging JSON lines, which the
 //! tests read for its status and counters. The player is an [`Uplink`] with role client driven
 //! by the test thread.
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lanparty_control::codec::{self, Decoder};
-use lanparty_control::msg::{
-    DisplayName, Hello, Message, PROTOCOL_VERSION, PeerId, PeerInfo, PeerLeft, Role, RoomCode,
-    Secret, Welcome,
-};
+use lanparty_control::msg::{DisplayName, Hello, PROTOCOL_VERSION, Role, RoomCode, Secret};
 use lanparty_control::session::SessionConfig;
-use lanparty_control::uplink::{Uplink, UplinkConfig};
+use lanparty_control::uplink::{Uplink, UplinkConfig, UplinkEvent};
 use lanparty_datapath::Mac;
 use lanparty_datapath::frag::ReassemblyConfig;
 use lanparty_datapath::io::PortableUdp;
-use lanparty_datapath::quic::tls::{self, ClientTrust, Fingerprint, ServerIdentity};
-use lanparty_datapath::quic::{ConnId, Driver, DriverConfig, Event};
+use lanparty_datapath::quic::tls::{self, ClientTrust, Fingerprint};
+use lanparty_datapath::quic::{Driver, DriverConfig};
 use lanparty_datapath::runner::Runner;
 use lanparty_datapath::sys::afpacket::{PacketSocket, SocketConfig};
 use lanparty_datapath::sys::netns::{Bridge, Netns, Veth};
@@ -160,178 +153,67 @@ pub fn payload(tag: &[u8], len: usize) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The scripted relay
+// The relay
 
-/// What the hub saw, readable from the test thread.
-#[derive(Default)]
-pub struct HubLog {
-    /// DATAGRAMs received from the gateway.
-    pub gateway_datagrams: AtomicU64,
-    /// Every DATAGRAM received from the gateway (whole frames or fragments, overlay header
-    /// included).
-    pub gateway_payloads: Mutex<Vec<Bytes>>,
-    /// DATAGRAMs received from clients.
-    pub client_datagrams: AtomicU64,
-    /// Hellos received, by role.
-    pub hellos: Mutex<Vec<Hello>>,
-    /// Disconnect messages received (the goodbye).
-    pub goodbyes: Mutex<Vec<String>>,
-    /// Why each gateway connection closed, as the hub's QUIC driver reported it.
-    pub gateway_closes: Mutex<Vec<String>>,
-    /// Stats messages received from the gateway.
-    pub gateway_stats: AtomicU64,
-}
-
-struct Member {
-    decoder: Decoder,
-    info: Option<PeerInfo>,
-}
-
-struct Hub {
-    runner: Runner,
-    members: HashMap<ConnId, Member>,
-    next_id: u64,
-    log: Arc<HubLog>,
-}
-
-impl Hub {
-    fn joined(&self, except: ConnId) -> impl Iterator<Item = (ConnId, &PeerInfo)> + '_ {
-        self.members
-            .iter()
-            .filter(move |(c, _)| **c != except)
-            .filter_map(|(c, m)| m.info.as_ref().map(|i| (*c, i)))
-    }
-
-    fn send(&mut self, conn: ConnId, msg: &Message) {
-        let bytes = codec::encode(msg).unwrap();
-        let _ = self.runner.driver().write_control(conn, &bytes);
-    }
-
-    fn on_message(&mut self, conn: ConnId, msg: Message) {
-        match msg {
-            Message::Hello(h) => {
-                self.next_id += 1;
-                let info = PeerInfo {
-                    peer_id: PeerId(self.next_id),
-                    role: h.role,
-                    mac: h.mac,
-                    name: h.name.clone(),
-                };
-                self.log.hellos.lock().unwrap().push(h);
-                let peers: Vec<PeerInfo> = self.joined(conn).map(|(_, i)| i.clone()).collect();
-                let others: Vec<ConnId> = self.joined(conn).map(|(c, _)| c).collect();
-                self.send(
-                    conn,
-                    &Message::Welcome(Welcome {
-                        version: PROTOCOL_VERSION,
-                        peer_id: info.peer_id,
-                        room_budget: 1162,
-                        max_frame: 1518,
-                        peers,
-                    }),
-                );
-                for other in others {
-                    self.send(other, &Message::PeerJoined(info.clone()));
-                }
-                if let Some(m) = self.members.get_mut(&conn) {
-                    m.info = Some(info);
-                }
-            }
-            Message::Disconnect(d) => self.log.goodbyes.lock().unwrap().push(d.reason),
-            Message::Stats(_) => {
-                self.log.gateway_stats.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
-        }
-    }
-
-    fn turn(&mut self) {
-        let now = Instant::now();
-        self.runner.receive(now);
-        while let Some(ev) = self.runner.driver().poll_event() {
-            match ev {
-                Event::Connected { conn, .. } => {
-                    self.members.insert(
-                        conn,
-                        Member {
-                            decoder: Decoder::new(),
-                            info: None,
-                        },
-                    );
-                }
-                Event::ControlBytes { conn, bytes } => {
-                    let mut msgs = Vec::new();
-                    if let Some(m) = self.members.get_mut(&conn) {
-                        m.decoder.push(&bytes);
-                        while let Ok(Some(msg)) = m.decoder.poll() {
-                            msgs.push(msg);
-                        }
-                    }
-                    for msg in msgs {
-                        self.on_message(conn, msg);
-                    }
-                }
-                Event::Datagram { conn, bytes } => {
-                    let Some(role) = self
-                        .members
-                        .get(&conn)
-                        .and_then(|m| m.info.as_ref())
-                        .map(|i| i.role)
-                    else {
-                        continue;
-                    };
-                    let counter = match role {
-                        Role::Gateway => &self.log.gateway_datagrams,
-                        Role::Client => &self.log.client_datagrams,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    if role == Role::Gateway {
-                        self.log
-                            .gateway_payloads
-                            .lock()
-                            .unwrap()
-                            .push(bytes.clone());
-                    }
-                    let others: Vec<ConnId> = self.joined(conn).map(|(c, _)| c).collect();
-                    for other in others {
-                        let _ = self.runner.driver().send_datagram(other, bytes.clone());
-                    }
-                }
-                Event::Closed { conn, reason, .. } => {
-                    let left = self.members.remove(&conn).and_then(|m| m.info);
-                    if let Some(info) = left {
-                        if info.role == Role::Gateway {
-                            self.log.gateway_closes.lock().unwrap().push(reason);
-                        }
-                        let others: Vec<ConnId> = self.joined(conn).map(|(c, _)| c).collect();
-                        for other in others {
-                            self.send(
-                                other,
-                                &Message::PeerLeft(PeerLeft {
-                                    peer_id: info.peer_id,
-                                }),
-                            );
-                        }
-                    }
-                }
-                _ => {}
+/// The `lanparty-relay` binary: built by this workspace, found next to the test executable
+/// (`target/<profile>/`). `cargo test -p lanparty-gateway` does not build other packages'
+/// binaries, so the first call runs `cargo build -p lanparty-relay` with the same profile (a
+/// no-op when it is up to date).
+///
+/// # Panics
+///
+/// When the binary is still missing, with a line that says how to build it.
+pub fn relay_exe() -> PathBuf {
+    static EXE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let test_exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // target/<profile>/deps/bridge-<hash> -> target/<profile>
+        let dir = test_exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or("test executable outside a target directory")?
+            .to_owned();
+        let exe = dir.join("lanparty-relay");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        // Cargo sets package variables for the test process; handed on, some build scripts see
+        // a changed environment and rebuild. Keep only what locates the toolchain and caches.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let cargo_var = key.starts_with("CARGO_")
+                && !matches!(key.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR");
+            if cargo_var || key == "OUT_DIR" || key.starts_with("DEP_") {
+                build.env_remove(key.as_ref());
             }
         }
-        self.runner.transmit(now).unwrap();
-        self.runner
-            .wait(Some(Instant::now() + Duration::from_millis(5)))
-            .unwrap();
-    }
-}
-
-/// The scripted relay running on its own thread; stops (like a killed process: no goodbye,
-/// socket closed) on drop.
-pub struct ScriptedRelay {
-    pub addr: SocketAddr,
-    pub pin: Fingerprint,
-    pub log: Arc<HubLog>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+        build.args([
+            "build",
+            "-q",
+            "-p",
+            "lanparty-relay",
+            "--bin",
+            "lanparty-relay",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        if let Some(target_dir) = dir.parent() {
+            build.arg("--target-dir").arg(target_dir);
+        }
+        let built = build.status().map(|s| s.success()).unwrap_or(false);
+        if exe.exists() {
+            Ok(exe)
+        } else {
+            Err(format!(
+                "lanparty-relay binary missing at {} (cargo build {}): build it with \
+                 `cargo build -p lanparty-relay`",
+                exe.display(),
+                if built { "succeeded" } else { "failed" }
+            ))
+        }
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Where the relay keeps its certificate, so a restarted relay has the same pin.
@@ -339,55 +221,83 @@ pub fn relay_state_dir(lan: &Lan) -> PathBuf {
     std::env::temp_dir().join(format!("lpgw-relay-{}", lan.ns.name()))
 }
 
-impl ScriptedRelay {
-    /// Starts the hub on `port` (0: any) of the namespace's loopback.
+/// The real relay, running inside the LAN namespace on loopback; killed (SIGKILL) on drop.
+pub struct Relay {
+    child: Child,
+    pub addr: SocketAddr,
+    pub pin: Fingerprint,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Relay {
+    /// Starts `lanparty-relay` on `127.0.0.1:port` (0: any) and reads address and pin from its
+    /// banner.
     pub fn start(lan: &Lan, port: u16) -> Self {
-        let identity =
-            ServerIdentity::load_or_generate(&relay_state_dir(lan), &["relay.test".to_owned()])
-                .unwrap();
-        let pin = identity.fingerprint();
-        let server = Driver::new(
-            DriverConfig::default(),
-            Some(tls::server_crypto(identity).unwrap()),
-        );
-        let bind: SocketAddr = ([127, 0, 0, 1], port).into();
-        let udp = lan
+        let mut child = lan
             .ns
-            .run_in(move || PortableUdp::bind(bind))
-            .unwrap()
-            .expect("bind relay socket");
-        let runner = Runner::new(server, Box::new(udp));
-        let addr = runner.local_addr();
-        let log = Arc::new(HubLog::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut hub = Hub {
-            runner,
-            members: HashMap::new(),
-            next_id: 0,
-            log: Arc::clone(&log),
-        };
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                hub.turn();
+            .command(relay_exe())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(relay_state_dir(lan))
+            .args(["--public-host", "127.0.0.1", "--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lanparty-relay");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
             }
         });
-        Self {
-            addr,
-            pin,
-            log,
-            stop,
-            thread: Some(thread),
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut addr, mut pin) = (None, None);
+        while addr.is_none() || pin.is_none() {
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "lanparty-relay printed no banner; stderr:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            };
+            if let Some(a) = line.strip_prefix("lanparty-relay listening on udp ") {
+                addr = a.trim().parse().ok();
+            } else if let Some(p) = line.strip_prefix("certificate fingerprint (sha-256): ") {
+                pin = p.trim().parse().ok();
+            }
         }
+        Self {
+            child,
+            addr: addr.unwrap(),
+            pin: pin.unwrap(),
+            log,
+        }
+    }
+
+    /// The relay's stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 }
 
-impl Drop for ScriptedRelay {
+impl Drop for Relay {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // SIGKILL by the child's handle (its PID): no goodbye, like a crash.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -565,6 +475,7 @@ pub fn run_gateway(ns: Option<&Netns>, args: &[&str]) -> std::process::Output {
 pub struct Player {
     pub uplink: Uplink,
     pub frames: Vec<Bytes>,
+    pub events: Vec<UplinkEvent>,
 }
 
 impl Player {
@@ -583,7 +494,7 @@ impl Player {
         session.backoff_max = Duration::from_secs(1);
         let config = UplinkConfig {
             relay,
-            server_name: "relay.test".to_owned(),
+            server_name: "127.0.0.1".to_owned(),
             client: tls::client_config(&ClientTrust::Pinned(pin)).unwrap(),
             hello: Hello {
                 version: PROTOCOL_VERSION,
@@ -602,6 +513,7 @@ impl Player {
         let mut player = Self {
             uplink: Uplink::new(Instant::now(), runner, config),
             frames: Vec::new(),
+            events: Vec::new(),
         };
         player.pump_until("the player joins", Duration::from_secs(10), |p| {
             p.uplink.is_joined()
@@ -613,7 +525,9 @@ impl Player {
     pub fn turn(&mut self) {
         let now = Instant::now();
         self.uplink.receive(now);
-        while self.uplink.poll_event().is_some() {}
+        while let Some(ev) = self.uplink.poll_event() {
+            self.events.push(ev);
+        }
         while let Some(f) = self.uplink.poll_frame() {
             self.frames.push(f);
         }
@@ -662,14 +576,14 @@ pub struct Party {
     // Drop order matters: the gateway and player before the relay, the LAN last.
     pub gateway: Gateway,
     pub player: Player,
-    pub relay: ScriptedRelay,
+    pub relay: Relay,
     pub lan: Lan,
 }
 
 impl Party {
     pub fn start(tag: &str) -> Self {
         let lan = Lan::new(tag);
-        let relay = ScriptedRelay::start(&lan, 0);
+        let relay = Relay::start(&lan, 0);
         let mut gateway = Gateway::start(&lan, relay.addr, relay.pin);
         gateway.wait_for("the gateway joins", Duration::from_secs(10), |m| {
             m.starts_with("connected, 0 clients")
