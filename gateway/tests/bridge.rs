@@ -213,6 +213,101 @@ fn sigterm_says_goodbye_and_exits_promptly() {
 }
 
 #[test]
+fn a_client_that_leaves_is_forgotten_and_its_mac_stays_on_the_lan() {
+    if !require_root("a_client_that_leaves_is_forgotten_and_its_mac_stays_on_the_lan") {
+        return;
+    }
+    let Party {
+        mut gateway,
+        mut player,
+        relay,
+        lan,
+    } = Party::start("gwleave");
+    let mark = gateway.mark();
+    player.uplink.close(Instant::now(), "bye");
+    player.uplink.transmit(Instant::now()).unwrap();
+    gateway.wait_for_after(mark, "the gateway forgets the player", WAIT, |m| {
+        m.starts_with("connected, 0 clients")
+    });
+    let mut h1 = lan.host("lph1");
+    const N: u64 = 5;
+    for i in 0..N {
+        let f = frame(CLIENT, H1, 0x88b5, &payload(&[b'G', i as u8], 46));
+        h1.send(&f).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let status = gateway.terminate(Duration::from_secs(2));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let counters = gateway.last_counters().expect("a counters line at exit");
+    let drops = counters["drops"].as_str().unwrap();
+    let local: u64 = drops
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("lan_local_unicast="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(local >= N, "{counters}");
+    drop(relay);
+}
+
+#[test]
+fn a_relay_that_refuses_the_gateway_ends_it_with_the_reason() {
+    if !require_root("a_relay_that_refuses_the_gateway_ends_it_with_the_reason") {
+        return;
+    }
+    let lan = Lan::new("gwtoken");
+    let relay = Relay::start_with(&lan, 0, &["--gateway-token", "operator-only-token"]);
+    let mut gateway = Gateway::start(&lan, relay.addr, relay.pin);
+    let status = gateway.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "{}",
+        gateway.lines().join("\n")
+    );
+    assert!(
+        gateway
+            .messages()
+            .iter()
+            .any(|m| m.starts_with("rejected: not allowed by the relay operator")),
+        "{}",
+        gateway.lines().join("\n")
+    );
+}
+
+#[test]
+fn without_cap_net_raw_the_error_says_how_to_grant_it() {
+    // Root without CAP_NET_RAW in its bounding set: what an unprivileged user sees too.
+    let Ok(out) = std::process::Command::new("setpriv")
+        .args(["--bounding-set", "-net_raw", "--inh-caps", "-net_raw", "--"])
+        .arg(gateway_exe())
+        .args([
+            "--relay",
+            "198.18.0.1:4433",
+            "--room",
+            ROOM,
+            "--interface",
+            "lo",
+        ])
+        .env("LANPARTY_SECRET", SECRET)
+        .output()
+    else {
+        eprintln!("without_cap_net_raw_the_error_says_how_to_grant_it: skipped: no setpriv");
+        return;
+    };
+    let err = String::from_utf8(out.stderr).unwrap();
+    if err.contains("setpriv:") {
+        eprintln!("without_cap_net_raw_the_error_says_how_to_grant_it: skipped: {err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("needs CAP_NET_RAW") && err.contains("setcap cap_net_raw+ep"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_missing_interface_is_a_one_line_error() {
     // No root needed: the interface is looked up before any socket is opened.
     let out = run_gateway(

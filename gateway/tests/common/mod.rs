@@ -233,10 +233,16 @@ impl Relay {
     /// Starts `lanparty-relay` on `127.0.0.1:port` (0: any) and reads address and pin from its
     /// banner.
     pub fn start(lan: &Lan, port: u16) -> Self {
+        Self::start_with(lan, port, &[])
+    }
+
+    /// As [`Self::start`], with extra flags.
+    pub fn start_with(lan: &Lan, port: u16, extra: &[&str]) -> Self {
         let mut child = lan
             .ns
             .command(relay_exe())
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .arg("--state-dir")
             .arg(relay_state_dir(lan))
             .args(["--public-host", "127.0.0.1", "--log-format", "json"])
@@ -333,6 +339,21 @@ impl Gateway {
             .env("LANPARTY_SECRET", SECRET)
             .env("RUST_LOG", "info");
         Self::spawn(cmd)
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     fn spawn(mut cmd: Command) -> Self {
