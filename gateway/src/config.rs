@@ -7,14 +7,14 @@
 //! (`--pin` or `--relay-ca-cert`); without any, the relay's certificate is verified by name
 //! against the system roots.
 //!
-//! The config file uses the flags' names as keys:
+//! The config file uses the flags' names as keys, in snake_case like the relay's file:
 //!
 //! ```toml
-//! join-link = "lanparty://relay.example:4433/party?pin=…"
+//! join_link = "lanparty://relay.example:4433/party?pin=…"
 //! interface = "eth0"
 //! secret = "correct horse battery"
 //! name = "lan gateway"
-//! log-format = "json"
+//! log_format = "json"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -76,9 +76,9 @@ pub struct Cli {
     pub idle_timeout: Option<u64>,
 }
 
-/// The config file: the flags' settings under the flags' names.
+/// The config file: the flags' settings under the flags' names in snake_case.
 #[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// As the `JOIN-LINK` argument.
     pub join_link: Option<String>,
@@ -428,9 +428,9 @@ mod tests {
         std::fs::write(
             &path,
             format!(
-                "join-link = \"lanparty://198.18.0.1:4433/party?pin={PIN}\"\n\
-                 interface = \"eth0\"\nsecret = \"from the file\"\nlog-format = \"json\"\n\
-                 idle-timeout = 5\n"
+                "join_link = \"lanparty://198.18.0.1:4433/party?pin={PIN}\"\n\
+                 interface = \"eth0\"\nsecret = \"from the file\"\nlog_format = \"json\"\n\
+                 idle_timeout = 5\n"
             ),
         )
         .unwrap();

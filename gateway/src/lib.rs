@@ -68,6 +68,11 @@ pub enum StartError {
 /// Opens the ring on the configured interface, logs NIC warnings, builds the uplink and returns
 /// the bridge, ready to [`Bridge::turn`]. Nothing is sent before the first turn.
 ///
+/// The ring and the UDP socket belong to the network namespace of the calling thread (a lab or
+/// benchmark calls this inside `Netns::run_in` and drives the returned bridge from any thread).
+/// This plus [`Bridge::turn`] and [`BridgeCounters::lan_forwarded`] is the hook for
+/// `lanparty-perf bench gateway`: frames per second from the LAN ring into QUIC.
+///
 /// # Errors
 ///
 /// See [`StartError`].
