@@ -308,6 +308,32 @@ fn without_cap_net_raw_the_error_says_how_to_grant_it() {
 }
 
 #[test]
+fn gro_on_the_nic_is_a_warning_and_the_gateway_still_bridges() {
+    if !require_root("gro_on_the_nic_is_a_warning_and_the_gateway_still_bridges") {
+        return;
+    }
+    let lan = Lan::new("gwgro");
+    let ethtool = lan.ns.exec(&["ethtool", "-K", "lpgw0", "gro", "on"]);
+    if !ethtool.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "gro_on_the_nic_is_a_warning_and_the_gateway_still_bridges: skipped: cannot turn \
+             GRO on with ethtool: {ethtool:?}"
+        );
+        return;
+    }
+    let relay = Relay::start(&lan, 0);
+    let mut gateway = Gateway::start(&lan, relay.addr, relay.pin);
+    gateway.wait_for("the gateway joins", WAIT, |m| {
+        m.starts_with("connected, 0 clients")
+    });
+    let warned = gateway
+        .messages()
+        .iter()
+        .any(|m| m.starts_with("GRO is on for lpgw0") && m.contains("ethtool -K lpgw0 gro off"));
+    assert!(warned, "{}", gateway.lines().join("\n"));
+}
+
+#[test]
 fn a_missing_interface_is_a_one_line_error() {
     // No root needed: the interface is looked up before any socket is opened.
     let out = run_gateway(
