@@ -17,22 +17,30 @@
 //! # Sender: [`Fragmenter`]
 //!
 //! One per sender (per connection). It numbers fragmented frames with a wrapping 16-bit frame
-//! id; whole frames use no id. Datagrams are written into a caller-owned [`BytesMut`] and split
+//! id and stamps every fragment with the sender's *origin*, the low 16 bits of the peer id the
+//! relay assigned in its welcome ([`overlay::origin_of`]); whole frames use neither. A peer
+//! builds its fragmenter (or calls [`Fragmenter::set_origin`]) when the welcome arrives: no
+//! frame is sent before the welcome, so no fragment ever carries a made-up origin. The relay
+//! drops fragments whose origin is not their sender's. Datagrams are written into a caller-owned [`BytesMut`] and split
 //! off as [`Bytes`], so in steady state a frame costs no allocation once the buffer's earlier
 //! datagrams have been released.
 //!
 //! # Receiver: [`Reassembler`]
 //!
-//! Sans-IO, keyed by (source, frame id) where the source key is whatever the caller uses to
-//! name the origin of a frame. Memory is bounded per source and globally; a partial frame costs
+//! Sans-IO, keyed by (source, origin, frame id). The source is whatever the caller uses to
+//! name the connection a datagram came in on; the origin is the one in the fragment header.
+//! A peer behind the relay receives every other member's fragments, interleaved, on its one
+//! relay connection, and two members may use the same frame id at the same time: the origin
+//! keeps their frames apart. Memory is bounded per source and globally; a partial frame costs
 //! its total length plus [`PARTIAL_OVERHEAD`] from its first fragment on. When a new partial
 //! frame would exceed a cap, the oldest partial frames (of that source, then of anyone) are
 //! evicted and counted in [`Counters::dropped_memory`]. A partial frame that is not complete
 //! [`ReassemblyConfig::timeout`] after its first fragment is dropped by
 //! [`Reassembler::handle_timeout`] and counted in [`Counters::timed_out`].
 //!
-//! A frame id reused before the previous frame with that id completed or timed out (the
-//! sender wrapped 65 536 fragmented frames within one timeout) can mix two frames; the
+//! A frame id reused before the previous frame with that id and origin completed or timed out
+//! (the sender wrapped 65 536 fragmented frames within one timeout, or two members' origins
+//! collide because their peer ids differ by a multiple of 65 536) can mix two frames; the
 //! consistency checks catch most such mixes and the inner protocols' checksums catch the rest.
 
 use std::collections::hash_map::Entry;
@@ -115,23 +123,37 @@ pub fn datagram_count(frame_len: usize, budget: Budget) -> Result<u8, FragmentEr
 }
 
 /// The sender side: turns frames into overlay datagrams.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Fragmenter {
+    origin: u16,
     next_frame_id: u16,
 }
 
 impl Fragmenter {
-    /// A fragmenter whose first fragmented frame gets id 0.
-    pub const fn new() -> Self {
-        Self::with_first_id(0)
+    /// A fragmenter for the peer whose origin is `origin` (`overlay::origin_of(peer_id)` with
+    /// the `peer_id` of the welcome), whose first fragmented frame gets id 0.
+    pub const fn new(origin: u16) -> Self {
+        Self::with_first_id(origin, 0)
     }
 
-    /// A fragmenter whose first fragmented frame gets `frame_id` (a random start makes ids of
-    /// a reconnected sender unlikely to meet its old partial frames).
-    pub const fn with_first_id(frame_id: u16) -> Self {
+    /// A fragmenter for `origin` whose first fragmented frame gets `frame_id` (a random start
+    /// makes ids of a reconnected sender unlikely to meet its old partial frames).
+    pub const fn with_first_id(origin: u16, frame_id: u16) -> Self {
         Self {
+            origin,
             next_frame_id: frame_id,
         }
+    }
+
+    /// The origin written into every fragment.
+    pub const fn origin(&self) -> u16 {
+        self.origin
+    }
+
+    /// Changes the origin, for a peer that got a new welcome (and so a new peer id) on a new
+    /// connection; frame ids keep counting.
+    pub const fn set_origin(&mut self, origin: u16) {
+        self.origin = origin;
     }
 
     /// The id the next fragmented frame will get.
@@ -176,6 +198,7 @@ impl Fragmenter {
                 buf.reserve(usize::from(count) * FRAGMENT_HEADER_LEN + frame.len());
                 for (index, chunk) in frame.chunks(stride).enumerate() {
                     let header = Header::Fragment {
+                        origin: self.origin,
                         frame_id,
                         // index < count <= 15.
                         index: index as u8,
@@ -303,11 +326,14 @@ impl Partial {
     }
 }
 
+/// A frame as its fragments name it: (origin, frame id).
+type FrameId = (u16, u16);
+
 #[derive(Debug, Default)]
 struct Source {
     bytes: usize,
-    /// Frame ids of this source's partial frames, oldest first.
-    frames: VecDeque<u16>,
+    /// (origin, frame id) of this source's partial frames, oldest first.
+    frames: VecDeque<FrameId>,
 }
 
 /// The receiver side: reassembles fragmented frames from overlay datagrams (sans-IO).
@@ -317,9 +343,9 @@ struct Source {
 #[derive(Debug)]
 pub struct Reassembler<K: Hash + Eq + Copy> {
     config: ReassemblyConfig,
-    partials: HashMap<(K, u16), Partial>,
+    partials: HashMap<(K, FrameId), Partial>,
     /// Partial frames in creation order (seq), for timeouts and global eviction.
-    order: BTreeMap<u64, (K, u16)>,
+    order: BTreeMap<u64, (K, FrameId)>,
     sources: HashMap<K, Source>,
     next_seq: u64,
     memory: usize,
@@ -379,6 +405,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
             }
         };
         let Header::Fragment {
+            origin,
             frame_id,
             index,
             count,
@@ -388,7 +415,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
             return Some(datagram.slice(overlay::WHOLE_HEADER_LEN..));
         };
         let payload = &datagram[FRAGMENT_HEADER_LEN..];
-        let key = (source, frame_id);
+        let key = (source, (origin, frame_id));
 
         let Some(partial) = self.partials.get_mut(&key) else {
             self.start_frame(now, key, index, count, total_len, payload);
@@ -422,7 +449,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
     fn start_frame(
         &mut self,
         now: Instant,
-        key: (K, u16),
+        key: (K, FrameId),
         index: u8,
         count: u8,
         total_len: u16,
@@ -495,7 +522,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         let Some(src) = self.sources.get(&source) else {
             return;
         };
-        let ids: Vec<u16> = src.frames.iter().copied().collect();
+        let ids: Vec<FrameId> = src.frames.iter().copied().collect();
         for id in ids {
             self.remove((source, id));
         }
@@ -521,7 +548,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         }
     }
 
-    fn remove(&mut self, key: (K, u16)) -> Option<Partial> {
+    fn remove(&mut self, key: (K, FrameId)) -> Option<Partial> {
         let partial = self.partials.remove(&key)?;
         self.order.remove(&partial.seq);
         let charge = partial.charge();
@@ -562,7 +589,7 @@ mod tests {
 
     #[test]
     fn frame_that_fits_travels_whole() {
-        let mut f = Fragmenter::new();
+        let mut f = Fragmenter::new(7);
         let fr = frame(1161);
         let out = split(&mut f, &fr, Budget::INITIAL_QUIC);
         assert_eq!(out.len(), 1);
@@ -573,22 +600,30 @@ mod tests {
 
     #[test]
     fn large_frame_is_fragmented_with_full_strides() {
-        let mut f = Fragmenter::with_first_id(0xffff);
+        let mut f = Fragmenter::with_first_id(0x0102, 0xffff);
         let fr = frame(1518);
         let out = split(&mut f, &fr, Budget::INITIAL_QUIC);
         assert_eq!(out.len(), 2);
-        assert_eq!(&out[0][..6], &[0x11, 0xff, 0xff, 0x02, 0x05, 0xee]);
+        assert_eq!(
+            &out[0][..8],
+            &[0x11, 0x01, 0x02, 0xff, 0xff, 0x02, 0x05, 0xee]
+        );
         assert_eq!(out[0].len(), 1162);
-        assert_eq!(&out[1][..6], &[0x11, 0xff, 0xff, 0x12, 0x05, 0xee]);
-        assert_eq!(out[1].len(), 6 + 1518 - 1156);
+        assert_eq!(
+            &out[1][..8],
+            &[0x11, 0x01, 0x02, 0xff, 0xff, 0x12, 0x05, 0xee]
+        );
+        assert_eq!(out[1].len(), 8 + 1518 - 1154);
         assert_eq!(f.next_frame_id(), 0, "frame id wraps");
+        f.set_origin(0x0a0b);
+        assert_eq!(f.origin(), 0x0a0b);
         let out = split(&mut f, &fr, Budget::INITIAL_QUIC);
-        assert_eq!(&out[0][1..3], &[0, 0]);
+        assert_eq!(&out[0][1..5], &[0x0a, 0x0b, 0, 0]);
     }
 
     #[test]
     fn too_many_fragments_is_an_error() {
-        let mut f = Fragmenter::new();
+        let mut f = Fragmenter::new(7);
         let mut buf = BytesMut::new();
         let mut emitted = 0;
         let err = f.fragment(&frame(15 * 102 + 1), Budget::MIN, &mut buf, |_| {
@@ -598,7 +633,7 @@ mod tests {
             err,
             Err(FragmentError::TooManyFragments {
                 len: 1531,
-                budget: 108,
+                budget: 110,
                 needed: 16
             })
         );
@@ -609,7 +644,7 @@ mod tests {
 
     #[test]
     fn fragments_in_reverse_order_reassemble() {
-        let mut f = Fragmenter::new();
+        let mut f = Fragmenter::new(7);
         let fr = frame(1518);
         let mut r = Reassembler::new(config());
         let now = Instant::now();
@@ -641,7 +676,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_ignored_and_counted() {
-        let mut f = Fragmenter::new();
+        let mut f = Fragmenter::new(7);
         let mut r = Reassembler::new(config());
         let now = Instant::now();
         let out = split(&mut f, &frame(300), Budget::MIN);
@@ -658,11 +693,11 @@ mod tests {
 
     #[test]
     fn sources_do_not_mix() {
-        let mut f = Fragmenter::new();
+        let mut f = Fragmenter::new(7);
         let mut r = Reassembler::new(config());
         let now = Instant::now();
         let a = split(&mut f, &frame(200), Budget::MIN);
-        let mut g = Fragmenter::new();
+        let mut g = Fragmenter::new(7);
         let b = split(&mut g, &[9u8; 200], Budget::MIN);
         assert_eq!(r.handle_fragment(now, 'a', a[0].clone()), None);
         assert_eq!(r.handle_fragment(now, 'b', b[1].clone()), None);
@@ -676,9 +711,55 @@ mod tests {
         );
     }
 
+    #[test]
+    fn one_frame_id_from_two_origins_on_one_source_does_not_mix() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(config());
+        let mut a = Fragmenter::with_first_id(1, 0x2a00);
+        let mut b = Fragmenter::with_first_id(2, 0x2a00);
+        let fa = frame(300);
+        let fb = vec![0xbbu8; 300];
+        let da = split(&mut a, &fa, Budget::MIN);
+        let db = split(&mut b, &fb, Budget::MIN);
+        assert_eq!(da.len(), 3);
+        assert_eq!(db.len(), 3);
+        let mut done = Vec::new();
+        for (x, y) in da.iter().zip(&db) {
+            done.extend(r.handle_fragment(now, 'r', x.clone()));
+            done.extend(r.handle_fragment(now, 'r', y.clone()));
+        }
+        assert_eq!(done, vec![Bytes::from(fa), Bytes::from(fb)]);
+        assert_eq!(r.counters().malformed, 0);
+        assert_eq!(r.counters().completed, 2);
+    }
+
+    #[test]
+    fn removing_a_source_forgets_all_its_origins() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(config());
+        r.handle_fragment(now, 1u8, frag_from(1, 0, 0, 2, 100, &[0; 60]));
+        r.handle_fragment(now, 1u8, frag_from(2, 0, 0, 2, 100, &[0; 60]));
+        assert_eq!(r.partial_frames(), 2);
+        r.remove_source(1);
+        assert_eq!(r.partial_frames(), 0);
+        assert_eq!(r.memory(), 0);
+    }
+
     fn frag(frame_id: u16, index: u8, count: u8, total_len: u16, payload: &[u8]) -> Bytes {
+        frag_from(7, frame_id, index, count, total_len, payload)
+    }
+
+    fn frag_from(
+        origin: u16,
+        frame_id: u16,
+        index: u8,
+        count: u8,
+        total_len: u16,
+        payload: &[u8],
+    ) -> Bytes {
         let mut d = vec![0; FRAGMENT_HEADER_LEN];
         Header::Fragment {
+            origin,
             frame_id,
             index,
             count,
@@ -843,12 +924,13 @@ mod tests {
         fn fragments_in_any_order_round_trip(
             len in 1usize..=1522,
             budget in MIN_ROOM_BUDGET_FOR_TESTS..=1600usize,
+            origin in any::<u16>(),
             first_id in any::<u16>(),
             order in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
             dup in any::<bool>(),
         ) {
             let fr: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
-            let mut f = Fragmenter::with_first_id(first_id);
+            let mut f = Fragmenter::with_first_id(origin, first_id);
             let mut out = split(&mut f, &fr, Budget::new(budget).unwrap());
             // Shuffle by a seed (Fisher-Yates with a simple LCG).
             let mut seed = order;
@@ -880,9 +962,9 @@ mod tests {
                     0u64..2000,
                     // Mostly plausible fragment headers, some raw bytes.
                     prop_oneof![
-                        3 => (0u8..3, any::<u8>(), 0u16..1600, 1usize..200).prop_map(
-                            |(id, index_count, total, len)| {
-                                let mut d = vec![0x11, 0, id, index_count];
+                        3 => (0u8..2, 0u8..3, any::<u8>(), 0u16..1600, 1usize..200).prop_map(
+                            |(origin, id, index_count, total, len)| {
+                                let mut d = vec![0x11, 0, origin, 0, id, index_count];
                                 d.extend_from_slice(&total.to_be_bytes());
                                 d.extend((0..len).map(|i| i as u8));
                                 d
