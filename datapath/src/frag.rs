@@ -21,9 +21,11 @@
 //! relay assigned in its welcome ([`overlay::origin_of`]); whole frames use neither. A peer
 //! builds its fragmenter (or calls [`Fragmenter::set_origin`]) when the welcome arrives: no
 //! frame is sent before the welcome, so no fragment ever carries a made-up origin. The relay
-//! drops fragments whose origin is not their sender's. Datagrams are written into a caller-owned [`BytesMut`] and split
-//! off as [`Bytes`], so in steady state a frame costs no allocation once the buffer's earlier
-//! datagrams have been released.
+//! drops fragments whose origin is not their sender's.
+//!
+//! Datagrams are written into a caller-owned [`BytesMut`] and split off as [`Bytes`], so in
+//! steady state a frame costs no allocation once the buffer's earlier datagrams have been
+//! released.
 //!
 //! # Receiver: [`Reassembler`]
 //!
@@ -31,11 +33,15 @@
 //! name the connection a datagram came in on; the origin is the one in the fragment header.
 //! A peer behind the relay receives every other member's fragments, interleaved, on its one
 //! relay connection, and two members may use the same frame id at the same time: the origin
-//! keeps their frames apart. Memory is bounded per source and globally; a partial frame costs
-//! its total length plus [`PARTIAL_OVERHEAD`] from its first fragment on. When a new partial
-//! frame would exceed a cap, the oldest partial frames (of that source, then of anyone) are
-//! evicted and counted in [`Counters::dropped_memory`]. A partial frame that is not complete
-//! [`ReassemblyConfig::timeout`] after its first fragment is dropped by
+//! keeps their frames apart. A (source, origin) pair is a *sender*.
+//!
+//! Memory is bounded per sender and globally. The per-sender cap is per origin, not per
+//! source, because at a peer every member's fragments share the one relay connection: a cap
+//! per connection would let one member's stream of unfinished frames evict everyone else's.
+//! A partial frame costs its total length plus [`PARTIAL_OVERHEAD`] from its first fragment
+//! on. When a new partial frame would exceed a cap, the oldest partial frames (of that sender,
+//! then of anyone) are evicted and counted in [`Counters::dropped_memory`]. A partial frame
+//! that is not complete [`ReassemblyConfig::timeout`] after its first fragment is dropped by
 //! [`Reassembler::handle_timeout`] and counted in [`Counters::timed_out`].
 //!
 //! A frame id reused before the previous frame with that id and origin completed or timed out
@@ -223,8 +229,8 @@ impl Fragmenter {
 pub struct ReassemblyConfig {
     /// How long a partial frame may wait for its missing fragments after its first one.
     pub timeout: Duration,
-    /// Most memory the partial frames of one source may hold.
-    pub per_source_bytes: usize,
+    /// Most memory the partial frames of one sender (one origin on one source) may hold.
+    pub per_sender_bytes: usize,
     /// Most memory all partial frames may hold.
     pub total_bytes: usize,
     /// Largest total length accepted; fragments announcing more are malformed.
@@ -233,12 +239,12 @@ pub struct ReassemblyConfig {
 
 impl Default for ReassemblyConfig {
     /// 500 ms (fragments of a frame leave back to back, so only reordering delays them),
-    /// 64 KiB per source (dozens of full-size partial frames), 1 MiB in all, frames up to
+    /// 64 KiB per sender (dozens of full-size partial frames), 1 MiB in all, frames up to
     /// 9216 bytes (the common jumbo-frame limit).
     fn default() -> Self {
         Self {
             timeout: Duration::from_millis(500),
-            per_source_bytes: 64 * 1024,
+            per_sender_bytes: 64 * 1024,
             total_bytes: 1024 * 1024,
             max_frame_len: 9216,
         }
@@ -326,14 +332,14 @@ impl Partial {
     }
 }
 
-/// A frame as its fragments name it: (origin, frame id).
-type FrameId = (u16, u16);
+/// The partial frame of a sender, (source, origin), with a frame id.
+type Key<K> = ((K, u16), u16);
 
 #[derive(Debug, Default)]
-struct Source {
+struct Sender {
     bytes: usize,
-    /// (origin, frame id) of this source's partial frames, oldest first.
-    frames: VecDeque<FrameId>,
+    /// Frame ids of this sender's partial frames, oldest first.
+    frames: VecDeque<u16>,
 }
 
 /// The receiver side: reassembles fragmented frames from overlay datagrams (sans-IO).
@@ -343,10 +349,10 @@ struct Source {
 #[derive(Debug)]
 pub struct Reassembler<K: Hash + Eq + Copy> {
     config: ReassemblyConfig,
-    partials: HashMap<(K, FrameId), Partial>,
+    partials: HashMap<Key<K>, Partial>,
     /// Partial frames in creation order (seq), for timeouts and global eviction.
-    order: BTreeMap<u64, (K, FrameId)>,
-    sources: HashMap<K, Source>,
+    order: BTreeMap<u64, Key<K>>,
+    senders: HashMap<(K, u16), Sender>,
     next_seq: u64,
     memory: usize,
     counters: Counters,
@@ -359,7 +365,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
             config,
             partials: HashMap::new(),
             order: BTreeMap::new(),
-            sources: HashMap::new(),
+            senders: HashMap::new(),
             next_seq: 0,
             memory: 0,
             counters: Counters::default(),
@@ -381,9 +387,10 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         self.memory
     }
 
-    /// Memory charged to partial frames of `source` now.
-    pub fn source_memory(&self, source: K) -> usize {
-        self.sources.get(&source).map_or(0, |s| s.bytes)
+    /// Memory charged now to partial frames of fragments from `origin` that came in on
+    /// `source`.
+    pub fn sender_memory(&self, source: K, origin: u16) -> usize {
+        self.senders.get(&(source, origin)).map_or(0, |s| s.bytes)
     }
 
     /// Partial frames waiting for fragments.
@@ -415,7 +422,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
             return Some(datagram.slice(overlay::WHOLE_HEADER_LEN..));
         };
         let payload = &datagram[FRAGMENT_HEADER_LEN..];
-        let key = (source, (origin, frame_id));
+        let key = ((source, origin), frame_id);
 
         let Some(partial) = self.partials.get_mut(&key) else {
             self.start_frame(now, key, index, count, total_len, payload);
@@ -449,7 +456,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
     fn start_frame(
         &mut self,
         now: Instant,
-        key: (K, FrameId),
+        key: Key<K>,
         index: u8,
         count: u8,
         total_len: u16,
@@ -476,7 +483,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
             return;
         };
         let charge = partial.charge();
-        if charge > self.config.per_source_bytes || charge > self.config.total_bytes {
+        if charge > self.config.per_sender_bytes || charge > self.config.total_bytes {
             self.counters.dropped_memory += 1;
             return;
         }
@@ -486,7 +493,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         self.next_seq += 1;
         self.order.insert(partial.seq, key);
         self.partials.insert(key, partial);
-        let src = self.sources.entry(key.0).or_default();
+        let src = self.senders.entry(key.0).or_default();
         src.bytes += charge;
         src.frames.push_back(key.1);
         self.memory += charge;
@@ -516,25 +523,41 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         }
     }
 
-    /// Forgets every partial frame of `source` (for instance when that peer leaves), without
-    /// counting them.
+    /// Forgets every partial frame that came in on `source`, from any origin (for instance
+    /// when that connection closes), without counting them. Walks every partial frame: meant
+    /// for rare events, not per packet.
     pub fn remove_source(&mut self, source: K) {
-        let Some(src) = self.sources.get(&source) else {
+        let keys: Vec<Key<K>> = self
+            .partials
+            .keys()
+            .filter(|((s, _), _)| *s == source)
+            .copied()
+            .collect();
+        for key in keys {
+            self.remove(key);
+        }
+    }
+
+    /// Forgets every partial frame from `origin` on `source` (for instance when the relay
+    /// announces that the peer with that origin left), without counting them.
+    pub fn remove_sender(&mut self, source: K, origin: u16) {
+        let sender = (source, origin);
+        let Some(s) = self.senders.get(&sender) else {
             return;
         };
-        let ids: Vec<FrameId> = src.frames.iter().copied().collect();
+        let ids: Vec<u16> = s.frames.iter().copied().collect();
         for id in ids {
-            self.remove((source, id));
+            self.remove((sender, id));
         }
     }
 
     /// Evicts oldest partial frames until a new one of `charge` bytes fits both caps.
-    fn make_room(&mut self, source: K, charge: usize) {
+    fn make_room(&mut self, sender: (K, u16), charge: usize) {
         loop {
-            let src = self.sources.get(&source);
-            let over_source = src.is_some_and(|s| s.bytes + charge > self.config.per_source_bytes);
-            let key = if over_source {
-                src.and_then(|s| s.frames.front()).map(|&id| (source, id))
+            let src = self.senders.get(&sender);
+            let over_sender = src.is_some_and(|s| s.bytes + charge > self.config.per_sender_bytes);
+            let key = if over_sender {
+                src.and_then(|s| s.frames.front()).map(|&id| (sender, id))
             } else if self.memory + charge > self.config.total_bytes {
                 self.order.first_key_value().map(|(_, &key)| key)
             } else {
@@ -548,12 +571,12 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         }
     }
 
-    fn remove(&mut self, key: (K, FrameId)) -> Option<Partial> {
+    fn remove(&mut self, key: Key<K>) -> Option<Partial> {
         let partial = self.partials.remove(&key)?;
         self.order.remove(&partial.seq);
         let charge = partial.charge();
         self.memory -= charge;
-        if let Entry::Occupied(mut src) = self.sources.entry(key.0) {
+        if let Entry::Occupied(mut src) = self.senders.entry(key.0) {
             let s = src.get_mut();
             s.bytes -= charge;
             if let Some(pos) = s.frames.iter().position(|&id| id == key.1) {
@@ -739,10 +762,53 @@ mod tests {
         let mut r = Reassembler::new(config());
         r.handle_fragment(now, 1u8, frag_from(1, 0, 0, 2, 100, &[0; 60]));
         r.handle_fragment(now, 1u8, frag_from(2, 0, 0, 2, 100, &[0; 60]));
-        assert_eq!(r.partial_frames(), 2);
+        r.handle_fragment(now, 2u8, frag_from(1, 0, 0, 2, 100, &[0; 60]));
+        assert_eq!(r.partial_frames(), 3);
         r.remove_source(1);
-        assert_eq!(r.partial_frames(), 0);
-        assert_eq!(r.memory(), 0);
+        assert_eq!(r.partial_frames(), 1);
+        assert_eq!(r.memory(), 100 + PARTIAL_OVERHEAD);
+        assert_eq!(r.sender_memory(2, 1), 100 + PARTIAL_OVERHEAD);
+    }
+
+    #[test]
+    fn removing_a_sender_keeps_the_other_origins_of_its_source() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(config());
+        r.handle_fragment(now, 0u8, frag_from(1, 5, 0, 2, 100, &[0; 60]));
+        r.handle_fragment(now, 0u8, frag_from(2, 5, 0, 2, 100, &[0; 60]));
+        r.remove_sender(0, 1);
+        assert_eq!(r.sender_memory(0, 1), 0);
+        assert_eq!(r.partial_frames(), 1);
+        assert!(
+            r.handle_fragment(now, 0u8, frag_from(2, 5, 1, 2, 100, &[0; 40]))
+                .is_some()
+        );
+        assert_eq!(
+            r.handle_fragment(now, 0u8, frag_from(1, 5, 1, 2, 100, &[0; 40])),
+            None
+        );
+        assert_eq!(r.counters().completed, 1);
+    }
+
+    #[test]
+    fn one_origin_cannot_evict_another_on_the_same_source() {
+        // At a peer, every member's fragments come in on the relay connection.
+        let now = Instant::now();
+        let cost = 100 + PARTIAL_OVERHEAD;
+        let mut r = Reassembler::new(ReassemblyConfig {
+            per_sender_bytes: 2 * cost,
+            ..config()
+        });
+        r.handle_fragment(now, 0u8, frag_from(1, 0, 0, 2, 100, &[0; 60]));
+        for id in 0..10 {
+            r.handle_fragment(now, 0u8, frag_from(2, id, 0, 2, 100, &[0; 60]));
+        }
+        assert_eq!(r.counters().dropped_memory, 8);
+        assert_eq!(r.sender_memory(0, 2), 2 * cost);
+        assert!(
+            r.handle_fragment(now, 0u8, frag_from(1, 0, 1, 2, 100, &[0; 40]))
+                .is_some()
+        );
     }
 
     fn frag(frame_id: u16, index: u8, count: u8, total_len: u16, payload: &[u8]) -> Bytes {
@@ -853,11 +919,11 @@ mod tests {
     }
 
     #[test]
-    fn per_source_cap_evicts_that_sources_oldest() {
+    fn per_sender_cap_evicts_that_senders_oldest() {
         let now = Instant::now();
         let cost = 100 + PARTIAL_OVERHEAD;
         let mut r = Reassembler::new(ReassemblyConfig {
-            per_source_bytes: 3 * cost,
+            per_sender_bytes: 3 * cost,
             ..config()
         });
         r.handle_fragment(now, 'b', frag(9, 0, 2, 100, &[0; 60]));
@@ -865,8 +931,8 @@ mod tests {
             r.handle_fragment(now, 'a', frag(id, 0, 2, 100, &[0; 60]));
         }
         assert_eq!(r.counters().dropped_memory, 1);
-        assert_eq!(r.source_memory('a'), 3 * cost);
-        assert_eq!(r.source_memory('b'), cost);
+        assert_eq!(r.sender_memory('a', 7), 3 * cost);
+        assert_eq!(r.sender_memory('b', 7), cost);
         // Frame 0 of 'a' was the one evicted; frame 1 still completes.
         assert!(
             r.handle_fragment(now, 'a', frag(1, 1, 2, 100, &[0; 40]))
@@ -895,7 +961,7 @@ mod tests {
         r.handle_fragment(now, 3u8, frag(0, 0, 2, 100, &[0; 60]));
         assert_eq!(r.counters().dropped_memory, 1);
         assert_eq!(r.memory(), 2 * cost);
-        assert_eq!(r.source_memory(1), 0);
+        assert_eq!(r.sender_memory(1, 7), 0);
         // A frame bigger than a cap is refused outright.
         r.handle_fragment(now, 4u8, frag(0, 0, 2, 1000, &[0; 600]));
         assert_eq!(r.counters().dropped_memory, 2);
@@ -977,7 +1043,7 @@ mod tests {
             ),
         ) {
             let cfg = ReassemblyConfig {
-                per_source_bytes: 1500,
+                per_sender_bytes: 1500,
                 total_bytes: 4000,
                 ..ReassemblyConfig::default()
             };
@@ -989,10 +1055,19 @@ mod tests {
                 if r.poll_timeout().is_some_and(|t| t <= now) {
                     r.handle_timeout(now);
                 }
+                let origin = match Datagram::new_checked(&d[..]).map(|d| d.header()) {
+                    Ok(Header::Fragment { origin, .. }) => Some(origin),
+                    _ => None,
+                };
                 let _ = r.handle_fragment(now, source, Bytes::from(d));
                 prop_assert!(r.memory() <= cfg.total_bytes);
+                if let Some(origin) = origin {
+                    prop_assert!(r.sender_memory(source, origin) <= cfg.per_sender_bytes);
+                }
                 for s in 0..4 {
-                    prop_assert!(r.source_memory(s) <= cfg.per_source_bytes);
+                    for o in 0..2 {
+                        prop_assert!(r.sender_memory(s, o) <= cfg.per_sender_bytes);
+                    }
                 }
             }
             r.handle_timeout(now + cfg.timeout);
