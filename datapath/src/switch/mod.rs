@@ -38,9 +38,9 @@
 //!
 //! Fragments 1.. of the same `(ingress, frame id)` follow the decision made for fragment 0
 //! (forward to the same peer, flood, or drop under the same reason); every fragment that gets
-//! this far carries its ingress's origin, so the ingress stands for the origin. Decisions sit in a bounded
-//! cache ([`RoomConfig::fragment_decisions`] entries, first in first out) and expire
-//! [`RoomConfig::fragment_decision_ttl`] after fragment 0. A later fragment with no live
+//! this far carries its ingress's origin, so the ingress stands for the origin. Decisions sit
+//! in a bounded cache ([`RoomConfig::fragment_decisions`] entries, first in first out) and
+//! expire [`RoomConfig::fragment_decision_ttl`] after fragment 0. A later fragment with no live
 //! decision (fragment 0 lost, reordered after it, expired, evicted, or numbered differently) is
 //! dropped as `orphan_fragment`: the receiver could not reassemble the frame without fragment 0
 //! anyway. A flood decision is applied to the peers present when each fragment arrives; a peer
