@@ -261,7 +261,8 @@ impl Uplink {
                     return;
                 };
                 self.joined = Some((budget, usize::from(welcome.max_frame)));
-                self.fragmenter.set_origin(overlay::origin_of(welcome.peer_id.0));
+                self.fragmenter
+                    .set_origin(overlay::origin_of(welcome.peer_id.0));
                 self.session.handle_input(
                     now,
                     Input::Welcome {
@@ -297,7 +298,8 @@ impl Uplink {
                 self.events.push_back(UplinkEvent::PeerJoined(info));
             }
             PeerEvent::PeerLeft(peer, info) => {
-                self.reassembler.remove_sender((), overlay::origin_of(peer.0));
+                self.reassembler
+                    .remove_sender((), overlay::origin_of(peer.0));
                 self.session.handle_input(
                     now,
                     Input::PeersChanged {
