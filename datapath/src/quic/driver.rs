@@ -904,6 +904,17 @@ impl Driver {
         state.conn.datagrams().max_size()
     }
 
+    /// Bytes of DATAGRAM payload `conn` can queue right now without dropping an older queued
+    /// one, or `None` before the handshake completes or for an unknown connection. A sender that
+    /// must not lose its own datagrams paces itself by this instead of relying on drop-oldest.
+    pub fn datagram_send_space(&mut self, conn: ConnId) -> Option<usize> {
+        let state = self.conns.get_mut(conn.index())?.as_mut()?;
+        if !state.connected || state.closed {
+            return None;
+        }
+        Some(state.conn.datagrams().send_buffer_space())
+    }
+
     /// Statistics of `conn`, or `None` if unknown.
     pub fn stats(&self, conn: ConnId) -> Option<ConnStats> {
         let state = self.conns.get(conn.index())?.as_ref()?;
