@@ -87,6 +87,15 @@ pub(crate) fn throughput(workload: &Workload) -> anyhow::Result<Throughput> {
             let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
             endpoint.set_default_client_config(client_cfg);
             let conn = endpoint.connect(server_addr, "localhost")?.await?;
+            // Like our driver, quinn starts at a 1200-byte MTU; give path MTU discovery up to
+            // 2 s to make room for the largest size, so both stacks send the same payloads.
+            let largest = sizes.iter().copied().max().unwrap_or(0);
+            let pmtud = Instant::now();
+            while conn.max_datagram_size().is_some_and(|m| m < largest)
+                && pmtud.elapsed() < Duration::from_secs(2)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let max = conn.max_datagram_size().context("peer refuses datagrams")?;
             let payloads: Vec<Bytes> = sizes
                 .iter()
