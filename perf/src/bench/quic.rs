@@ -29,7 +29,7 @@ use lanparty_datapath::quic::{ConnId, Driver, DriverConfig, Event};
 use lanparty_datapath::runner::Runner;
 use serde::Serialize;
 
-use super::{Throughput, Workload, quinn_ref, udp_ref};
+use super::{Throughput, Workload, quinn_ref, thread_run_delay, udp_ref};
 use crate::stats::quantile;
 use crate::sys::thread_cpu_time;
 
@@ -103,6 +103,9 @@ pub(crate) struct ThroughputRow {
     pub(crate) send_ns_per_datagram: Spread,
     pub(crate) recv_ns_per_datagram: Spread,
     pub(crate) datagrams_per_cpu_sec: Spread,
+    /// Percent of the run the sender / receiver was runnable but waited for a CPU.
+    pub(crate) send_starved_pct: Spread,
+    pub(crate) recv_starved_pct: Spread,
     /// Datagrams sent and received, summed over the repeats.
     pub(crate) sent: u64,
     pub(crate) received: u64,
@@ -301,6 +304,8 @@ fn row(stack: String, workload: &str, runs: &[Throughput]) -> ThroughputRow {
         send_ns_per_datagram: spread(Throughput::send_ns_per_datagram),
         recv_ns_per_datagram: spread(Throughput::recv_ns_per_datagram),
         datagrams_per_cpu_sec: spread(Throughput::datagrams_per_cpu_sec),
+        send_starved_pct: spread(Throughput::send_starved_pct),
+        recv_starved_pct: spread(Throughput::recv_starved_pct),
         sent: runs.iter().map(|t| t.sent).sum(),
         received: runs.iter().map(|t| t.received).sum(),
     }
@@ -370,17 +375,19 @@ fn markdown(r: &QuicReport) -> String {
     );
     let _ = writeln!(
         s,
-        "Median (min–max) over the repeats. CPU ns are thread CPU time per received datagram.\n"
+        "Median (min–max) over the repeats. CPU ns are thread CPU time per received datagram; \
+         \"waited for CPU\" is the share of the run each side was runnable but not running \
+         (the machine was busy elsewhere), from /proc/thread-self/schedstat.\n"
     );
     let _ = writeln!(
         s,
-        "| stack | workload | datagrams/s | Gbit/s payload | send CPU ns/dgram | recv CPU ns/dgram | dgrams per CPU-s |"
+        "| stack | workload | datagrams/s | Gbit/s payload | send CPU ns/dgram | recv CPU ns/dgram | dgrams per CPU-s | waited for CPU % send / recv |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
     for t in &r.throughput {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} / {:.0} |",
             t.stack,
             t.workload,
             t.datagrams_per_sec.show(0),
@@ -388,6 +395,8 @@ fn markdown(r: &QuicReport) -> String {
             t.send_ns_per_datagram.show(0),
             t.recv_ns_per_datagram.show(0),
             t.datagrams_per_cpu_sec.show(0),
+            t.send_starved_pct.median,
+            t.recv_starved_pct.median,
         );
     }
     let _ = writeln!(
@@ -511,17 +520,21 @@ fn connect(
 fn ours_throughput(kind: BackendKind, workload: &Workload) -> anyhow::Result<Throughput> {
     let (mut server, mut client, config) = endpoints(kind)?;
     let server_addr = server.local_addr();
-    let receiver = thread::spawn(move || -> anyhow::Result<(u64, u64, Duration)> {
+    let receiver = thread::spawn(move || -> anyhow::Result<(u64, u64, Duration, Duration)> {
         let start = Instant::now();
         let (mut n, mut bytes) = (0u64, 0u64);
         let mut cpu0 = None;
+        let mut delay0 = Duration::ZERO;
         let mut close_at = None;
         let mut closed = false;
         while !closed {
             let now = Instant::now();
             ensure!(now - start < GIVE_UP, "receiver gave up");
             turn(&mut server, now, |_, ev| match ev {
-                Event::Connected { .. } => cpu0 = Some(thread_cpu_time()),
+                Event::Connected { .. } => {
+                    cpu0 = Some(thread_cpu_time());
+                    delay0 = thread_run_delay();
+                }
                 Event::Datagram { bytes: b, .. } => {
                     n += 1;
                     bytes += b.len() as u64;
@@ -544,71 +557,79 @@ fn ours_throughput(kind: BackendKind, workload: &Workload) -> anyhow::Result<Thr
             server.wait(Some(deadline))?;
         }
         let cpu = thread_cpu_time() - cpu0.context("never connected")?;
-        Ok((n, bytes, cpu))
+        Ok((n, bytes, cpu, thread_run_delay() - delay0))
     });
     let sizes = workload.sizes.clone();
     let duration = workload.duration;
-    let sender = thread::spawn(move || -> anyhow::Result<(u64, Duration, Duration)> {
-        let largest = sizes.iter().copied().max().unwrap_or(64);
-        let (conn, max) = connect(&mut client, server_addr, config, largest)?;
-        let payloads: Vec<Bytes> = sizes
-            .iter()
-            .map(|&s| Bytes::from(vec![0xa5u8; s.min(max)]))
-            .collect();
-        let cpu0 = thread_cpu_time();
-        let start = Instant::now();
-        let mut sent = 0u64;
-        let mut next = 0;
-        loop {
-            let now = Instant::now();
-            if now - start >= duration {
-                break;
-            }
-            client.receive(now);
-            while let Some(ev) = client.driver().poll_event() {
-                if let Event::Closed { reason, .. } = ev {
-                    bail!("connection lost while sending: {reason}");
-                }
-            }
-            let driver = client.driver();
-            let mut space = driver.datagram_send_space(conn).unwrap_or(0);
-            let mut queued = 0;
-            while queued < 512 {
-                let p = &payloads[next];
-                if p.len() > space {
+    let sender = thread::spawn(
+        move || -> anyhow::Result<(u64, Duration, Duration, Duration)> {
+            let largest = sizes.iter().copied().max().unwrap_or(64);
+            let (conn, max) = connect(&mut client, server_addr, config, largest)?;
+            let payloads: Vec<Bytes> = sizes
+                .iter()
+                .map(|&s| Bytes::from(vec![0xa5u8; s.min(max)]))
+                .collect();
+            let cpu0 = thread_cpu_time();
+            let delay0 = thread_run_delay();
+            let start = Instant::now();
+            let mut sent = 0u64;
+            let mut next = 0;
+            loop {
+                let now = Instant::now();
+                if now - start >= duration {
                     break;
                 }
-                driver.send_datagram(conn, p.clone())?;
-                space = driver.datagram_send_space(conn).unwrap_or(0);
-                next = (next + 1) % payloads.len();
-                queued += 1;
-            }
-            sent += queued;
-            client.transmit(now)?;
-            if queued == 0 {
-                // The send buffer is full and the congestion window closed: wait for ACKs.
-                client.wait(Some(now + Duration::from_millis(5)))?;
-            }
-        }
-        let wall = start.elapsed();
-        client.driver().write_control(conn, b"end")?;
-        let mut closed = false;
-        while !closed {
-            let now = Instant::now();
-            ensure!(now - start < duration + GIVE_UP, "receiver never closed");
-            turn(&mut client, now, |_, ev| {
-                if let Event::Closed { .. } = ev {
-                    closed = true;
+                client.receive(now);
+                while let Some(ev) = client.driver().poll_event() {
+                    if let Event::Closed { reason, .. } = ev {
+                        bail!("connection lost while sending: {reason}");
+                    }
                 }
-            })?;
-            client.wait(Some(now + Duration::from_millis(50)))?;
-        }
-        Ok((sent, thread_cpu_time() - cpu0, wall))
-    });
-    let (sent, send_cpu, wall) = sender
+                let driver = client.driver();
+                let mut space = driver.datagram_send_space(conn).unwrap_or(0);
+                let mut queued = 0;
+                while queued < 512 {
+                    let p = &payloads[next];
+                    if p.len() > space {
+                        break;
+                    }
+                    driver.send_datagram(conn, p.clone())?;
+                    space = driver.datagram_send_space(conn).unwrap_or(0);
+                    next = (next + 1) % payloads.len();
+                    queued += 1;
+                }
+                sent += queued;
+                client.transmit(now)?;
+                if queued == 0 {
+                    // The send buffer is full and the congestion window closed: wait for ACKs.
+                    client.wait(Some(now + Duration::from_millis(5)))?;
+                }
+            }
+            let wall = start.elapsed();
+            client.driver().write_control(conn, b"end")?;
+            let mut closed = false;
+            while !closed {
+                let now = Instant::now();
+                ensure!(now - start < duration + GIVE_UP, "receiver never closed");
+                turn(&mut client, now, |_, ev| {
+                    if let Event::Closed { .. } = ev {
+                        closed = true;
+                    }
+                })?;
+                client.wait(Some(now + Duration::from_millis(50)))?;
+            }
+            Ok((
+                sent,
+                thread_cpu_time() - cpu0,
+                wall,
+                thread_run_delay() - delay0,
+            ))
+        },
+    );
+    let (sent, send_cpu, wall, send_starved) = sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-    let (received, bytes, recv_cpu) = receiver
+    let (received, bytes, recv_cpu, recv_starved) = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     Ok(Throughput {
@@ -618,6 +639,8 @@ fn ours_throughput(kind: BackendKind, workload: &Workload) -> anyhow::Result<Thr
         wall,
         send_cpu,
         recv_cpu,
+        send_starved,
+        recv_starved,
     })
 }
 
