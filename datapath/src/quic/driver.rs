@@ -452,6 +452,13 @@ impl Driver {
         self.live
     }
 
+    /// Received DATAGRAMs waiting in the event queue for [`poll_event`](Self::poll_event). At
+    /// [`DriverConfig::max_queued_datagrams`] further ones are dropped, so a loop stops feeding
+    /// received batches well before that and drains events first.
+    pub fn queued_datagram_events(&self) -> usize {
+        self.queued_datagrams
+    }
+
     /// Starts a connection to `server_addr`, verifying the server as `server_name`.
     ///
     /// The driver replaces the transport configuration of `client` with its own tuning for
