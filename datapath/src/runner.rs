@@ -92,7 +92,8 @@ impl Runner {
     /// returns at once while it holds received batches, so the next turn picks it up.
     pub fn receive(&mut self, now: Instant) -> usize {
         let mut batches = 0;
-        let limit = self.driver.config().max_queued_datagrams / 2;
+        // At least one batch per turn, whatever the configured queue size.
+        let limit = (self.driver.config().max_queued_datagrams / 2).max(1);
         while self.driver.queued_datagram_events() < limit {
             let Some((meta, data)) = self.io.poll_recv() else {
                 break;
