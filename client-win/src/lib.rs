@@ -1,11 +1,23 @@
 //! The softlan client: a virtual network adapter on a LAN-party room.
 //!
 //! Decisions (addresses, routes, interface metrics, L2 emulation for L3 adapters) live in
-//! portable, tested code; the Windows-only layer that applies them stays thin.
+//! portable, tested code; the platform layers that apply them stay thin.
 //!
+//! - [`config`]: flags, TOML file and join link resolved into one checked configuration.
+//! - [`state`]: the state directory (our remembered MAC, the Windows undo file).
+//! - [`status`]: the one status line the player reads.
+//! - [`run`]: portable pieces of the loop (uplink and emulator settings, frame routing on L2
+//!   adapters).
+//! - `linux` (Linux only): the datapath loop over a TAP or TUN device.
 //! - [`l2emu`]: Ethernet emulation for L3 adapters (TUN, wintun): ARP, neighbour discovery,
 //!   broadcast mapping and a DHCP client, sans-IO.
 //! - [`winplan`]: the plan of interface changes (address, routes, metric) and their undo.
 
+pub mod config;
 pub mod l2emu;
+#[cfg(target_os = "linux")]
+pub mod linux;
+pub mod run;
+pub mod state;
+pub mod status;
 pub mod winplan;

@@ -1,28 +1,171 @@
 //! `lanparty-client`: puts this machine on a LAN party's Ethernet segment through a relay.
+//!
+//! The main thread resolves the settings, opens the adapter and runs the datapath loop; a small
+//! tokio thread waits for Ctrl-C / SIGTERM and stops the loop through its waker, so the relay
+//! gets a goodbye and the adapter is removed before the process exits.
 
-use clap::Parser;
+use std::process::ExitCode;
 
-/// The softlan client: gives this machine a virtual adapter on a LAN-party room.
-#[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
-struct Args {
-    /// Join link printed by the relay (carries host, port, room and certificate pin).
-    join_link: Option<String>,
-    /// Relay address as HOST:PORT.
-    #[arg(long)]
-    relay: Option<String>,
-    /// Room code.
-    #[arg(long)]
-    room: Option<String>,
-    /// Room secret (prefer the LANPARTY_SECRET environment variable).
-    #[arg(long, env = "LANPARTY_SECRET", hide_env_values = true)]
-    secret: Option<String>,
-    /// Adapter kind: tap or tun on Linux, tap or wintun on Windows.
-    #[arg(long)]
-    adapter: Option<String>,
+use anyhow::Context as _;
+use clap::Parser as _;
+use lanparty_client::config::{Args, ClientConfig};
+use lanparty_control::logging::{self, LogFormat};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match ClientConfig::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lanparty-client: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(config.log_format);
+    match platform::run(config) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lanparty-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("the client's adapter datapath is not built yet; nothing was started")
+/// Prints a status line: plain on stderr, or as a log event in JSON mode.
+fn status_printer(format: LogFormat) -> Box<dyn FnMut(&str) + Send> {
+    match format {
+        LogFormat::Json => Box::new(|line: &str| tracing::info!(status = line, "status")),
+        _ => Box::new(|line: &str| eprintln!("lanparty-client: {line}")),
+    }
+}
+
+/// Runs `on_signal` once when Ctrl-C (or SIGTERM on Unix) arrives, on a small thread of its
+/// own.
+fn on_shutdown_signal<F: FnOnce() + Send + 'static>(on_signal: F) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal thread")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                #[cfg(unix)]
+                {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let Ok(mut term) = signal(SignalKind::terminate()) else {
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                #[cfg(not(unix))]
+                {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            });
+            on_signal();
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+mod platform {
+    use std::process::ExitCode;
+    use std::time::Instant;
+
+    use anyhow::Context as _;
+    use lanparty_client::config::ClientConfig;
+    use lanparty_client::linux::{self, ClientLoop, Exit, LoopOptions};
+    use lanparty_client::{run, state};
+    use lanparty_control::uplink::Uplink;
+    use lanparty_datapath::io::open_best;
+    use lanparty_datapath::quic::{Driver, DriverConfig};
+    use lanparty_datapath::runner::Runner;
+
+    pub(super) fn run(config: ClientConfig) -> anyhow::Result<ExitCode> {
+        let state_dir = config.state_dir.clone().unwrap_or_else(state::default_dir);
+        let mac = match config.mac {
+            Some(mac) => mac,
+            None => state::load_or_create_mac(&state_dir).with_context(|| {
+                format!("keeping our MAC in {} (or pass --mac)", state_dir.display())
+            })?,
+        };
+        let relay = run::resolve_relay(&config.relay_host, config.relay_port)
+            .with_context(|| format!("resolving the relay {}", config.relay_display()))?;
+        let uplink_config = run::uplink_config(&config, mac, relay, rand::random())
+            .context("setting up TLS for the relay")?;
+        let backend = open_best(run::bind_addr_for(relay)).context("opening a UDP socket")?;
+        let runner = Runner::new(Driver::new(DriverConfig::default(), None), backend);
+        let uplink = Uplink::new(Instant::now(), runner, uplink_config);
+        let dev = linux::open_adapter(config.adapter, &config.name, mac)
+            .with_context(|| format!("creating the {} adapter", config.adapter.as_str()))?;
+        tracing::info!(
+            device = dev.name(),
+            adapter = config.adapter.as_str(),
+            %mac,
+            relay = %relay,
+            "adapter up"
+        );
+        let options = LoopOptions {
+            adapter: config.adapter,
+            addressing: config.addressing,
+            mac,
+            hostname: Some(config.display_name.as_str().to_owned()),
+            seed: rand::random(),
+        };
+        let mut client = ClientLoop::new(
+            uplink,
+            dev,
+            options,
+            super::status_printer(config.log_format),
+        )
+        .context("starting the client loop")?;
+        let stopper = client.stopper();
+        super::on_shutdown_signal(move || stopper.stop())?;
+        let exit = client.run().context("the client loop failed")?;
+        drop(client);
+        Ok(match exit {
+            Exit::Stopped => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        })
+    }
+}
+
+#[cfg(windows)]
+mod platform {
+    use std::process::ExitCode;
+
+    use lanparty_client::config::ClientConfig;
+
+    pub(super) fn run(config: ClientConfig) -> anyhow::Result<ExitCode> {
+        let _ = (
+            config,
+            super::status_printer,
+            super::on_shutdown_signal::<fn()>,
+        );
+        anyhow::bail!(
+            "the Windows adapters (wintun, tap-windows6) are not wired into this build yet: \
+             the Windows client cannot start; use a Linux machine with --adapter tap or tun"
+        )
+    }
+}
+
+#[cfg(not(any(target_os = "linux", windows)))]
+mod platform {
+    use std::process::ExitCode;
+
+    use lanparty_client::config::ClientConfig;
+
+    pub(super) fn run(config: ClientConfig) -> anyhow::Result<ExitCode> {
+        let _ = (
+            config,
+            super::status_printer,
+            super::on_shutdown_signal::<fn()>,
+        );
+        anyhow::bail!("lanparty-client runs on Linux and Windows only")
+    }
 }
