@@ -18,6 +18,8 @@ use lanparty_datapath::Mac;
 use lanparty_datapath::quic::tls::{ClientTrust, Fingerprint};
 use serde::Deserialize;
 
+use crate::adapter::{AdapterKind, ParseAdapterKindError};
+
 /// The Linux interface name used when `--name` is not given.
 pub const DEFAULT_LINUX_NAME: &str = "lanparty0";
 /// The Windows adapter name used when `--name` is not given.
@@ -124,68 +126,6 @@ impl FileConfig {
     }
 }
 
-/// The kind of virtual adapter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AdapterChoice {
-    /// Ethernet frames (Linux TAP, Windows tap-windows6): true L2, IPX works.
-    Tap,
-    /// Linux TUN: IP only, Ethernet emulated by the client.
-    Tun,
-    /// Windows wintun: IP only, Ethernet emulated by the client.
-    Wintun,
-}
-
-impl AdapterChoice {
-    /// The default on this platform: TAP on Linux, wintun on Windows.
-    pub const fn platform_default() -> Self {
-        if cfg!(windows) {
-            Self::Wintun
-        } else {
-            Self::Tap
-        }
-    }
-
-    /// True when this platform has the adapter kind.
-    pub const fn is_available(self) -> bool {
-        match self {
-            Self::Tap => true,
-            Self::Tun => !cfg!(windows),
-            Self::Wintun => cfg!(windows),
-        }
-    }
-
-    /// True for the L3 adapters that need the Ethernet emulator.
-    pub const fn is_l3(self) -> bool {
-        matches!(self, Self::Tun | Self::Wintun)
-    }
-
-    /// The name as written on the command line.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Tap => "tap",
-            Self::Tun => "tun",
-            Self::Wintun => "wintun",
-        }
-    }
-}
-
-impl std::str::FromStr for AdapterChoice {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "tap" => Ok(Self::Tap),
-            "tun" => Ok(Self::Tun),
-            "wintun" => Ok(Self::Wintun),
-            _ => Err(ConfigError::Invalid {
-                field: "adapter",
-                reason: format!("{s:?} is not an adapter kind: use tap, tun or wintun"),
-            }),
-        }
-    }
-}
-
 /// How the adapter gets its IPv4 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -269,7 +209,7 @@ pub struct ClientConfig {
     /// How the relay's certificate is checked.
     pub trust: ClientTrust,
     /// The adapter kind.
-    pub adapter: AdapterChoice,
+    pub adapter: AdapterKind,
     /// The adapter name.
     pub name: String,
     /// Our MAC, when given; else the state directory's.
@@ -370,23 +310,15 @@ impl ClientConfig {
             (None, None) => ClientTrust::SystemRoots,
         };
         let adapter = match args.adapter.or(file.adapter) {
-            Some(text) => text.parse()?,
-            None => AdapterChoice::platform_default(),
+            Some(text) => {
+                text.parse()
+                    .map_err(|e: ParseAdapterKindError| ConfigError::Invalid {
+                        field: "adapter",
+                        reason: e.to_string(),
+                    })?
+            }
+            None => AdapterKind::default(),
         };
-        if !adapter.is_available() {
-            return Err(ConfigError::Invalid {
-                field: "adapter",
-                reason: format!(
-                    "{} adapters do not exist on this platform: use {}",
-                    adapter.as_str(),
-                    if cfg!(windows) {
-                        "tap or wintun"
-                    } else {
-                        "tap or tun"
-                    }
-                ),
-            });
-        }
         let name = args.name.or(file.name).unwrap_or_else(|| {
             if cfg!(windows) {
                 DEFAULT_WINDOWS_NAME.to_owned()
@@ -485,7 +417,7 @@ mod tests {
         assert_eq!(cfg.room.as_str(), "party");
         assert_eq!(cfg.secret.expose(), "correct horse");
         assert!(matches!(cfg.trust, ClientTrust::Pinned(Fingerprint(p)) if p[1] == 0x11));
-        assert_eq!(cfg.adapter, AdapterChoice::platform_default());
+        assert_eq!(cfg.adapter, AdapterKind::default());
         assert_eq!(cfg.addressing, Addressing::Dhcp);
         assert_eq!(cfg.mac, None);
     }
@@ -561,10 +493,7 @@ mod tests {
             ..Args::default()
         };
         let err = ClientConfig::resolve(a, FileConfig::default()).unwrap_err();
-        assert!(
-            err.to_string().contains("do not exist on this platform"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("is not available on"), "{err}");
     }
 
     #[test]

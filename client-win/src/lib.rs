@@ -12,7 +12,10 @@
 //! - [`l2emu`]: Ethernet emulation for L3 adapters (TUN, wintun): ARP, neighbour discovery,
 //!   broadcast mapping and a DHCP client, sans-IO.
 //! - [`winplan`]: the plan of interface changes (address, routes, metric) and their undo.
+//! - [`adapter`]: the portable adapter kinds and trait; the Windows devices and IP Helper
+//!   calls behind it live in `sys` (Windows only).
 
+pub mod adapter;
 pub mod config;
 pub mod l2emu;
 #[cfg(target_os = "linux")]
@@ -21,3 +24,9 @@ pub mod run;
 pub mod state;
 pub mod status;
 pub mod winplan;
+
+// Windows system calls (adapter devices, registry, IP Helper): the only place `unsafe` is allowed.
+#[cfg(windows)]
+#[path = "sys/windows/mod.rs"]
+#[allow(unsafe_code)]
+mod sys;

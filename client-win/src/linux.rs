@@ -37,7 +37,8 @@ use lanparty_datapath::Mac;
 use lanparty_datapath::io::{Interest, Waker};
 use lanparty_datapath::sys::tuntap::{TunTap, TunTapConfig, TunTapError};
 
-use crate::config::{AdapterChoice, Addressing};
+use crate::adapter::AdapterKind;
+use crate::config::Addressing;
 use crate::l2emu::{self, Emulator};
 use crate::run::{self, L2Route};
 use crate::status::{AddressStatus, StatusLine};
@@ -57,18 +58,18 @@ const GOODBYE_GRACE: Duration = Duration::from_millis(150);
 /// # Errors
 ///
 /// [`TunTapError`] from creating or configuring the device (not root, name taken, ...).
-pub fn open_adapter(kind: AdapterChoice, name: &str, mac: Mac) -> Result<TunTap, TunTapError> {
+pub fn open_adapter(kind: AdapterKind, name: &str, mac: Mac) -> Result<TunTap, TunTapError> {
     let config = match kind {
-        AdapterChoice::Tun => TunTapConfig::tun(name),
+        AdapterKind::Tun => TunTapConfig::tun(name),
         _ => TunTapConfig::tap(name),
     };
     let dev = TunTap::create(&config)?;
     dev.set_mtu(ADAPTER_MTU)?;
-    if kind == AdapterChoice::Tap {
+    if kind == AdapterKind::Tap {
         dev.set_mac(mac)?;
     }
     dev.set_up()?;
-    if kind == AdapterChoice::Tun
+    if kind == AdapterKind::Tun
         && let Err(e) = dev.add_ipv6(run::eui64_link_local(mac), 64)
     {
         tracing::warn!(error = %e, "no IPv6 link-local address on the adapter");
@@ -80,7 +81,7 @@ pub fn open_adapter(kind: AdapterChoice, name: &str, mac: Mac) -> Result<TunTap,
 #[derive(Debug, Clone)]
 pub struct LoopOptions {
     /// TAP or TUN (must match the device).
-    pub adapter: AdapterChoice,
+    pub adapter: AdapterKind,
     /// DHCP or static.
     pub addressing: Addressing,
     /// Our MAC (the one in the hello and on the TAP).
@@ -311,7 +312,8 @@ impl ClientLoop {
     }
 
     fn on_joined(&mut self, now: Instant) {
-        let needed = self.options.adapter.is_l3() || self.options.addressing == Addressing::Dhcp;
+        let needed =
+            !self.options.adapter.carries_ethernet() || self.options.addressing == Addressing::Dhcp;
         if self.emu.is_none() && needed {
             let config = run::emulator_config(
                 self.options.mac,
@@ -324,7 +326,7 @@ impl ClientLoop {
     }
 
     fn on_room_frame(&mut self, now: Instant, frame: &[u8]) {
-        if self.options.adapter.is_l3() {
+        if !self.options.adapter.carries_ethernet() {
             if let Some(emu) = &mut self.emu {
                 emu.handle_frame(now, frame);
             }
@@ -363,7 +365,7 @@ impl ClientLoop {
                 }
             };
             self.counters.from_adapter += 1;
-            if self.options.adapter.is_l3() {
+            if !self.options.adapter.carries_ethernet() {
                 match &mut self.emu {
                     Some(emu) => emu.handle_packet(now, &self.buf[..n]),
                     None => self.counters.dropped_before_join += 1,
@@ -385,7 +387,7 @@ impl ClientLoop {
             emu.recycle(frame);
         }
         while let Some(packet) = emu.poll_packet() {
-            if self.options.adapter.is_l3() {
+            if !self.options.adapter.carries_ethernet() {
                 match self.dev.write(&packet) {
                     Ok(true) => self.counters.to_adapter += 1,
                     Ok(false) => self.counters.adapter_busy += 1,

@@ -102,10 +102,10 @@ mod platform {
         let runner = Runner::new(Driver::new(DriverConfig::default(), None), backend);
         let uplink = Uplink::new(Instant::now(), runner, uplink_config);
         let dev = linux::open_adapter(config.adapter, &config.name, mac)
-            .with_context(|| format!("creating the {} adapter", config.adapter.as_str()))?;
+            .with_context(|| format!("creating the {} adapter", config.adapter.word()))?;
         tracing::info!(
             device = dev.name(),
-            adapter = config.adapter.as_str(),
+            adapter = config.adapter.word(),
             %mac,
             relay = %relay,
             "adapter up"

@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{Client, LAN_HOST, Party, RelayLog};
-use lanparty_client::config::AdapterChoice;
+use lanparty_client::adapter::AdapterKind;
 use lanparty_datapath::sys::netns;
 
 /// Sends one UDP broadcast to 255.255.255.255 from the client's address.
@@ -41,7 +41,7 @@ fn relay_saw_broadcast(log: &RelayLog, payload: &[u8]) -> bool {
 }
 
 /// Everything one adapter kind must do: DHCP address, ping across, broadcast out, frame in.
-fn lan_works_through(kind: AdapterChoice, test: &str) {
+fn lan_works_through(kind: AdapterKind, test: &str) {
     let Some(party) = Party::start(test) else {
         return;
     };
@@ -100,7 +100,7 @@ fn lan_works_through(kind: AdapterChoice, test: &str) {
 #[test]
 fn client_tap_gets_a_dhcp_address_and_carries_ping_broadcast_and_injected_frames() {
     lan_works_through(
-        AdapterChoice::Tap,
+        AdapterKind::Tap,
         "client_tap_gets_a_dhcp_address_and_carries_ping_broadcast_and_injected_frames",
     );
 }
@@ -108,7 +108,7 @@ fn client_tap_gets_a_dhcp_address_and_carries_ping_broadcast_and_injected_frames
 #[test]
 fn client_tun_does_the_same_through_the_emulator() {
     lan_works_through(
-        AdapterChoice::Tun,
+        AdapterKind::Tun,
         "client_tun_does_the_same_through_the_emulator",
     );
 }
@@ -118,7 +118,7 @@ fn client_tun_counts_non_ip_frames_and_points_at_tap() {
     let Some(party) = Party::start("client_tun_counts_non_ip_frames_and_points_at_tap") else {
         return;
     };
-    let client = party.client(AdapterChoice::Tun, "02:00:5e:10:00:03");
+    let client = party.client(AdapterKind::Tun, "02:00:5e:10:00:03");
     client.wait_for_lease(Duration::from_secs(20));
     // An IPX frame to the client's MAC: an L3 adapter cannot carry it.
     let mut ipx = vec![0u8; 60];
@@ -137,7 +137,7 @@ fn client_keeps_its_address_across_a_relay_restart() {
     let Some(mut party) = Party::start("client_keeps_its_address_across_a_relay_restart") else {
         return;
     };
-    let client = party.client(AdapterChoice::Tap, "02:00:5e:10:00:02");
+    let client = party.client(AdapterKind::Tap, "02:00:5e:10:00:02");
     let addr = client.wait_for_lease(Duration::from_secs(20));
     netns::ping(&client.ns, IpAddr::V4(LAN_HOST), Duration::from_secs(5)).unwrap();
 

@@ -20,7 +20,7 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build a whole LAN party on this machine from network namespaces (needs root).
-    Lab,
+    Lab(lanparty_perf::lab::LabArgs),
     /// Run benchmarks, each against a baseline in the same run.
     Bench {
         /// Which scenario.
@@ -39,7 +39,7 @@ enum Scenario {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
-        Command::Lab => anyhow::bail!("the lab is not built yet"),
+        Command::Lab(args) => lanparty_perf::lab::run_command(&args),
         Command::Bench {
             scenario: Scenario::Quic,
             quick,

@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use lanparty_client::config::{AdapterChoice, Addressing, Args, ClientConfig, FileConfig};
+use lanparty_client::adapter::AdapterKind;
+use lanparty_client::config::{Addressing, Args, ClientConfig, FileConfig};
 use lanparty_client::linux::{self, ClientLoop, Exit, LoopOptions, Stopper};
 use lanparty_client::run;
 use lanparty_client::status::AddressStatus;
@@ -414,7 +415,7 @@ impl Party {
     }
 
     /// A client in a namespace of its own, running its loop on a thread.
-    pub fn client(&self, kind: AdapterChoice, mac: &str) -> Client {
+    pub fn client(&self, kind: AdapterKind, mac: &str) -> Client {
         let ns = Netns::create("cl").unwrap();
         let mac: Mac = mac.parse().unwrap();
         let dev = ns
@@ -426,7 +427,7 @@ impl Party {
             room: Some("party".into()),
             secret: Some(SECRET.into()),
             pin: Some(link::fingerprint_hex(&self.pin.0)),
-            adapter: Some(kind.as_str().into()),
+            adapter: Some(kind.word().into()),
             mac: Some(mac.to_string()),
             display_name: Some("tester".into()),
             ..Args::default()

@@ -352,6 +352,11 @@ pub(crate) fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
         Some(socket2::Protocol::UDP),
     )?;
     raise_socket_buffers(&socket);
+    // `[::]:port` means both families (what a relay wants), whatever the host's
+    // `net.ipv6.bindv6only` default says.
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
