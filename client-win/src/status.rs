@@ -97,10 +97,10 @@ impl StatusLine {
             AddressStatus::Leased { addr, prefix } if self.joined => Some(format!(
                 "got address {addr}/{prefix} from the LAN's DHCP server"
             )),
-            AddressStatus::Static { addr, prefix } if self.joined => {
+            AddressStatus::Static { addr, prefix } => {
                 Some(format!("using static address {addr}/{prefix}"))
             }
-            AddressStatus::Leased { addr, prefix } | AddressStatus::Static { addr, prefix } => {
+            AddressStatus::Leased { addr, prefix } => {
                 Some(format!("keeping address {addr}/{prefix}"))
             }
             AddressStatus::Lost { addr } => Some(format!(

@@ -416,14 +416,52 @@ impl Party {
 
     /// A client in a namespace of its own, running its loop on a thread.
     pub fn client(&self, kind: AdapterKind, mac: &str) -> Client {
+        ClientSpec::new(kind, mac, self.relay_addr, self.pin).spawn()
+    }
+}
+
+/// How to build a library client for a test.
+pub struct ClientSpec<'a> {
+    /// Adapter kind.
+    pub kind: AdapterKind,
+    /// Our MAC.
+    pub mac: Mac,
+    /// The relay.
+    pub relay: SocketAddr,
+    /// The relay's certificate.
+    pub pin: Fingerprint,
+    /// DHCP or static.
+    pub addressing: Addressing,
+    /// Where the UDP socket lives (`None`: the test's namespace).
+    pub socket_ns: Option<&'a Netns>,
+    /// The adapter's interface name.
+    pub ifname: &'static str,
+}
+
+impl<'a> ClientSpec<'a> {
+    /// DHCP, socket in the test's namespace, interface `lpcl0`.
+    pub fn new(kind: AdapterKind, mac: &str, relay: SocketAddr, pin: Fingerprint) -> Self {
+        Self {
+            kind,
+            mac: mac.parse().unwrap(),
+            relay,
+            pin,
+            addressing: Addressing::Dhcp,
+            socket_ns: None,
+            ifname: "lpcl0",
+        }
+    }
+
+    /// Creates the client's namespace and adapter and runs the loop on a thread.
+    pub fn spawn(self) -> Client {
         let ns = Netns::create("cl").unwrap();
-        let mac: Mac = mac.parse().unwrap();
+        let (kind, mac, ifname) = (self.kind, self.mac, self.ifname);
         let dev = ns
-            .run_in(|| linux::open_adapter(kind, "lpcl0", mac))
+            .run_in(|| linux::open_adapter(kind, ifname, mac))
             .unwrap()
             .expect("the adapter opens");
         let args = Args {
-            relay: Some(self.relay_addr.to_string()),
+            relay: Some(self.relay.to_string()),
             room: Some("party".into()),
             secret: Some(SECRET.into()),
             pin: Some(link::fingerprint_hex(&self.pin.0)),
@@ -433,15 +471,19 @@ impl Party {
             ..Args::default()
         };
         let config = ClientConfig::resolve(args, FileConfig::default()).unwrap();
-        let uplink_config = run::uplink_config(&config, mac, self.relay_addr, 1).unwrap();
-        let backend = open_best("127.0.0.1:0".parse().unwrap()).unwrap();
+        let uplink_config = run::uplink_config(&config, mac, self.relay, 1).unwrap();
+        let open = || open_best("127.0.0.1:0".parse().unwrap()).unwrap();
+        let backend = match self.socket_ns {
+            Some(sns) => sns.run_in(open).unwrap(),
+            None => open(),
+        };
         let runner = Runner::new(Driver::new(DriverConfig::default(), None), backend);
         let uplink = Uplink::new(Instant::now(), runner, uplink_config);
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
         let options = LoopOptions {
             adapter: kind,
-            addressing: Addressing::Dhcp,
+            addressing: self.addressing,
             mac,
             hostname: Some("tester".into()),
             seed: 2,
@@ -463,6 +505,7 @@ impl Party {
             thread: Some(thread),
             lines,
             mac,
+            ifname,
             ns,
         }
     }
@@ -493,6 +536,8 @@ pub struct Client {
     lines: Arc<Mutex<Vec<String>>>,
     /// Our MAC.
     pub mac: Mac,
+    /// The adapter's interface name.
+    pub ifname: &'static str,
     /// The client's namespace (dropped last).
     pub ns: Netns,
 }
@@ -551,7 +596,7 @@ impl Client {
         drop(client);
         // The kernel removes the device once the last reference to its fd is gone; io_uring
         // tears its ring down asynchronously, so allow it a moment.
-        while self.ns.ip(&["link", "show", "lpcl0"]).is_ok() {
+        while self.ns.ip(&["link", "show", self.ifname]).is_ok() {
             assert!(
                 dropped.elapsed() < Duration::from_secs(1),
                 "the adapter outlived the client by a second"
