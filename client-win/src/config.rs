@@ -22,8 +22,9 @@ use crate::adapter::{AdapterKind, ParseAdapterKindError};
 
 /// The Linux interface name used when `--name` is not given.
 pub const DEFAULT_LINUX_NAME: &str = "lanparty0";
-/// The Windows adapter name used when `--name` is not given.
-pub const DEFAULT_WINDOWS_NAME: &str = "LAN party";
+/// The Windows adapter name used when `--name` is not given (the wintun adapter's; with
+/// `--adapter tap` it means "the first TAP adapter nobody has open").
+pub const DEFAULT_WINDOWS_NAME: &str = crate::adapter::wintun::DEFAULT_NAME;
 
 /// The softlan client: gives this machine a virtual adapter on a LAN-party room.
 #[derive(Debug, Default, Clone, Parser)]
@@ -51,7 +52,8 @@ pub struct Args {
     /// wintun).
     #[arg(long)]
     pub adapter: Option<String>,
-    /// Adapter (interface) name; lanparty0 on Linux by default.
+    /// Adapter (interface) name: lanparty0 on Linux, softlan for wintun; with tap on Windows,
+    /// the first free TAP adapter unless named.
     #[arg(long)]
     pub name: Option<String>,
     /// Our MAC address; by default a random locally administered one, remembered in the state

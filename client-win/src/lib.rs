@@ -9,6 +9,8 @@
 //! - [`run`]: portable pieces of the loop (uplink and emulator settings, frame routing on L2
 //!   adapters).
 //! - `linux` (Linux only): the datapath loop over a TAP or TUN device.
+//! - `windows` (Windows only): the same loop over wintun or tap-windows6, applying
+//!   [`winplan`] through the IP Helper API.
 //! - [`l2emu`]: Ethernet emulation for L3 adapters (TUN, wintun): ARP, neighbour discovery,
 //!   broadcast mapping and a DHCP client, sans-IO.
 //! - [`winplan`]: the plan of interface changes (address, routes, metric) and their undo.
@@ -23,6 +25,8 @@ pub mod linux;
 pub mod run;
 pub mod state;
 pub mod status;
+#[cfg(windows)]
+pub mod windows;
 pub mod winplan;
 
 // Windows system calls (adapter devices, registry, IP Helper): the only place `unsafe` is allowed.

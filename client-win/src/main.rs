@@ -138,19 +138,98 @@ mod platform {
 #[cfg(windows)]
 mod platform {
     use std::process::ExitCode;
+    use std::time::Instant;
 
+    use anyhow::Context as _;
+    use lanparty_client::adapter::tap::{TapAdapter, TapConfig};
+    use lanparty_client::adapter::wintun::{WintunAdapter, WintunConfig};
+    use lanparty_client::adapter::{AdapterKind, VirtualAdapter};
     use lanparty_client::config::ClientConfig;
+    use lanparty_client::windows::{self, ClientLoop, Exit, LoopOptions};
+    use lanparty_client::winplan::InterfaceId;
+    use lanparty_client::{run, state};
+    use lanparty_control::uplink::Uplink;
+    use lanparty_datapath::io::open_best;
+    use lanparty_datapath::quic::{Driver, DriverConfig};
+    use lanparty_datapath::runner::Runner;
 
     pub(super) fn run(config: ClientConfig) -> anyhow::Result<ExitCode> {
-        let _ = (
-            config,
-            super::status_printer,
-            super::on_shutdown_signal::<fn()>,
+        let state_dir = config.state_dir.clone().unwrap_or_else(state::default_dir);
+        // A client that crashed left its interface changes behind: put them back first.
+        if windows::replay_leftover_undo(&state_dir)
+            .with_context(|| format!("replaying the undo file in {}", state_dir.display()))?
+        {
+            tracing::info!("undid the interface changes of a client that did not exit cleanly");
+        }
+        let (adapter, interface): (Box<dyn VirtualAdapter + Send>, InterfaceId) =
+            match config.adapter {
+                AdapterKind::Tap => {
+                    let name = (config.name != lanparty_client::config::DEFAULT_WINDOWS_NAME)
+                        .then(|| config.name.clone());
+                    let tap = TapAdapter::open(&TapConfig { name })?;
+                    let id = InterfaceId {
+                        luid: tap.luid(),
+                        index: tap.index(),
+                    };
+                    (Box::new(tap), id)
+                }
+                _ => {
+                    let wintun = WintunAdapter::open(&WintunConfig {
+                        name: config.name.clone(),
+                        ..WintunConfig::default()
+                    })?;
+                    let id = InterfaceId {
+                        luid: wintun.luid(),
+                        index: wintun.index(),
+                    };
+                    (Box::new(wintun), id)
+                }
+            };
+        // A TAP has its own MAC, which its frames carry; wintun emulates ours.
+        let mac = match (adapter.mac(), config.mac) {
+            (Some(mac), _) => mac,
+            (None, Some(mac)) => mac,
+            (None, None) => state::load_or_create_mac(&state_dir).with_context(|| {
+                format!("keeping our MAC in {} (or pass --mac)", state_dir.display())
+            })?,
+        };
+        let relay = run::resolve_relay(&config.relay_host, config.relay_port)
+            .with_context(|| format!("resolving the relay {}", config.relay_display()))?;
+        let uplink_config = run::uplink_config(&config, mac, relay, rand::random())
+            .context("setting up TLS for the relay")?;
+        let backend = open_best(run::bind_addr_for(relay)).context("opening a UDP socket")?;
+        let runner = Runner::new(Driver::new(DriverConfig::default(), None), backend);
+        let uplink = Uplink::new(Instant::now(), runner, uplink_config);
+        tracing::info!(
+            adapter = adapter.name(),
+            kind = config.adapter.word(),
+            %mac,
+            relay = %relay,
+            "adapter open"
         );
-        anyhow::bail!(
-            "the Windows adapters (wintun, tap-windows6) are not wired into this build yet: \
-             the Windows client cannot start; use a Linux machine with --adapter tap or tun"
+        let options = LoopOptions {
+            mac,
+            addressing: config.addressing,
+            hostname: Some(config.display_name.as_str().to_owned()),
+            seed: rand::random(),
+            state_dir,
+            interface,
+        };
+        let mut client = ClientLoop::new(
+            uplink,
+            adapter,
+            options,
+            super::status_printer(config.log_format),
         )
+        .context("starting the client loop")?;
+        let stopper = client.stopper();
+        super::on_shutdown_signal(move || stopper.stop())?;
+        let exit = client.run().context("the client loop failed")?;
+        drop(client);
+        Ok(match exit {
+            Exit::Stopped => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        })
     }
 }
 
