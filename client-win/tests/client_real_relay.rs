@@ -116,6 +116,54 @@ fn wait_for_line(lines: &Mutex<Vec<String>>, timeout: Duration, what: impl Fn(&s
     }
 }
 
+/// Starts the real relay on `ns`'s loopback; returns it and its join link.
+fn spawn_relay(ns: &Netns, relay_bin: &std::path::Path, dir: &std::path::Path) -> (Proc, String) {
+    let mut relay = ns.command(relay_bin);
+    relay
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(dir.join("relay"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut relay = Proc(relay.spawn().expect("lanparty-relay starts"));
+    let stdout = relay.0.stdout.take().unwrap();
+    let link = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("join link: ").map(str::to_owned))
+        .expect("the relay prints a join link");
+    (relay, link)
+}
+
+/// Starts the client binary in `ns` with `args` and the secret; returns it and its stderr
+/// lines.
+fn spawn_client(ns: &Netns, args: &[&str], secret: &str) -> (Proc, Arc<Mutex<Vec<String>>>) {
+    let mut client = ns.command(CLIENT_BIN);
+    client
+        .args(args)
+        .env("LANPARTY_SECRET", secret)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut client = Proc(client.spawn().expect("lanparty-client starts"));
+    let lines = collect_lines(client.0.stderr.take().unwrap());
+    (client, lines)
+}
+
+/// Waits up to `timeout` for the process to exit.
+fn wait_exit(proc: &mut Proc, timeout: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = proc.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "still running after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn client_binary_crosses_the_real_relay_and_exits_cleanly_on_sigterm() {
     let test = "client_binary_crosses_the_real_relay_and_exits_cleanly_on_sigterm";
@@ -130,34 +178,17 @@ fn client_binary_crosses_the_real_relay_and_exits_cleanly_on_sigterm() {
     std::fs::create_dir_all(&dir).unwrap();
     let x = Netns::create("rl").unwrap();
 
-    // The real relay, on X's loopback.
-    let mut relay = x.command(&relay_bin);
-    relay
-        .args(["--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(dir.join("relay"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut relay = Proc(relay.spawn().expect("lanparty-relay starts"));
-    let mut link = None;
-    for line in BufReader::new(relay.0.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-    {
-        if let Some(text) = line.strip_prefix("join link: ") {
-            link = Some(text.to_owned());
-            break;
-        }
-    }
-    let link = link.expect("the relay prints a join link");
+    let (relay, link) = spawn_relay(&x, &relay_bin, &dir);
     let parsed: JoinLink = link.parse().unwrap();
     let relay_addr: SocketAddr = format!("{}:{}", parsed.host, parsed.port).parse().unwrap();
 
     // The client binary in X: TAP, static address, MAC from its state directory.
     let state = dir.join("client");
-    let mut client = x.command(CLIENT_BIN);
-    client
-        .arg(&link)
-        .args([
+    let state_arg = state.display().to_string();
+    let (mut client, lines) = spawn_client(
+        &x,
+        &[
+            &link,
             "--room",
             "party",
             "--adapter",
@@ -169,14 +200,10 @@ fn client_binary_crosses_the_real_relay_and_exits_cleanly_on_sigterm() {
             "--display-name",
             "alice",
             "--state-dir",
-        ])
-        .arg(&state)
-        .env("LANPARTY_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut client = Proc(client.spawn().expect("lanparty-client starts"));
-    let lines = collect_lines(client.0.stderr.take().unwrap());
+            &state_arg,
+        ],
+        SECRET,
+    );
     wait_for_line(&lines, Duration::from_secs(10), |l| {
         l.contains("joined room party as MAC") && l.contains("using static address 198.18.6.1/24")
     });
@@ -220,23 +247,13 @@ fn client_binary_crosses_the_real_relay_and_exits_cleanly_on_sigterm() {
     .expect("the ping crosses the real relay");
 
     // SIGTERM: goodbye, adapter removed, exit 0 within 2 s.
-    let started = Instant::now();
     let ok = Command::new("kill")
         .args(["-TERM", &client.0.id().to_string()])
         .status()
         .unwrap()
         .success();
     assert!(ok);
-    let status = loop {
-        if let Some(status) = client.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "still running 2 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_exit(&mut client, Duration::from_secs(2));
     assert!(status.success(), "{status:?}");
     assert!(
         x.ip(&["link", "show", "lpcl0"]).is_err(),
@@ -249,5 +266,109 @@ fn client_binary_crosses_the_real_relay_and_exits_cleanly_on_sigterm() {
     tun.wait_for_status(Duration::from_secs(2), |l| l.contains("with 0 peers"));
     tun.stop_and_check_removed();
     drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn client_binary_stops_on_a_rejected_secret_and_removes_its_adapter() {
+    let test = "client_binary_stops_on_a_rejected_secret_and_removes_its_adapter";
+    if !netns::require_root(test) {
+        return;
+    }
+    let Some(relay_bin) = relay_binary() else {
+        eprintln!("SKIP {test}: the lanparty-relay binary is absent and could not be built");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("lp-client-reject-{}", std::process::id()));
+    let x = Netns::create("rj").unwrap();
+    let (_relay, link) = spawn_relay(&x, &relay_bin, &dir);
+    let parsed: JoinLink = link.parse().unwrap();
+    let relay_addr: SocketAddr = format!("{}:{}", parsed.host, parsed.port).parse().unwrap();
+    // The first member creates room `party` with the right secret.
+    let mut spec = ClientSpec::new(
+        AdapterKind::Tap,
+        "02:00:5e:30:00:01",
+        relay_addr,
+        Fingerprint(parsed.pin.unwrap()),
+    );
+    spec.addressing = Addressing::Static {
+        addr: Ipv4Addr::new(198, 18, 7, 1),
+        prefix: 24,
+    };
+    spec.socket_ns = Some(&x);
+    let first = spec.spawn();
+    first.wait_for_status(Duration::from_secs(10), |l| l.contains("joined room party"));
+
+    let state_arg = dir.join("client").display().to_string();
+    let (mut client, lines) = spawn_client(
+        &x,
+        &[
+            &link,
+            "--room",
+            "party",
+            "--adapter",
+            "tun",
+            "--name",
+            "lpcl9",
+            "--state-dir",
+            &state_arg,
+        ],
+        "not the room secret",
+    );
+    let status = wait_exit(&mut client, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{:?}", lines.lock().unwrap());
+    wait_for_line(&lines, Duration::from_secs(1), |l| {
+        l.contains("rejected: room secret rejected")
+    });
+    assert!(
+        x.ip(&["link", "show", "lpcl9"]).is_err(),
+        "the TUN outlived the client"
+    );
+    first.stop_and_check_removed();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn client_binary_says_when_the_relay_is_unreachable_and_keeps_retrying() {
+    let test = "client_binary_says_when_the_relay_is_unreachable_and_keeps_retrying";
+    if !netns::require_root(test) {
+        return;
+    }
+    let x = Netns::create("ur").unwrap();
+    // Nothing listens on X's loopback port 9: each attempt fails at once (ICMP port
+    // unreachable) or times out, and the client backs off.
+    let dir = std::env::temp_dir().join(format!("lp-client-unreach-{}", std::process::id()));
+    let state_arg = dir.display().to_string();
+    let pin = "00".repeat(32);
+    let (mut client, lines) = spawn_client(
+        &x,
+        &[
+            "--relay",
+            "127.0.0.1:9",
+            "--room",
+            "party",
+            "--pin",
+            &pin,
+            "--name",
+            "lpcl0",
+            "--state-dir",
+            &state_arg,
+        ],
+        SECRET,
+    );
+    wait_for_line(&lines, Duration::from_secs(1), |l| {
+        l.ends_with("connecting to 127.0.0.1:9")
+    });
+    wait_for_line(&lines, Duration::from_secs(15), |l| {
+        l.contains("retrying in")
+    });
+    assert!(client.0.try_wait().unwrap().is_none(), "the client gave up");
+    let ok = Command::new("kill")
+        .args(["-INT", &client.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    assert!(wait_exit(&mut client, Duration::from_secs(2)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
