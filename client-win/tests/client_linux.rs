@@ -94,7 +94,40 @@ fn lan_works_through(kind: AdapterKind, test: &str) {
         .expect("the injected frame arrives");
     assert_eq!(&buf[..n], b"from-the-relay-side");
     assert_eq!(from.ip(), IpAddr::V4(LAN_HOST));
+
+    // Full-size 1500-byte IP packets cross both ways (fragmented over the room, whole on
+    // both LANs).
+    full_size_datagrams_cross(&party, &client, addr, &socket);
     client.stop_and_check_removed();
+}
+
+/// A 1472-byte UDP payload (a 1500-byte IPv4 packet) from the LAN host to the client and one
+/// back.
+fn full_size_datagrams_cross(party: &Party, client: &Client, addr: Ipv4Addr, socket: &UdpSocket) {
+    let big: Vec<u8> = (0..1472u32).map(|i| (i % 251) as u8).collect();
+    let lan_socket = party
+        .lan()
+        .run_in(|| UdpSocket::bind((LAN_HOST, 7778)).unwrap())
+        .unwrap();
+    lan_socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    lan_socket.send_to(&big, (addr, 7777)).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = socket
+        .recv_from(&mut buf)
+        .expect("a full-size datagram arrives");
+    assert_eq!(&buf[..n], &big[..]);
+    let back = client
+        .ns
+        .run_in(|| UdpSocket::bind((addr, 0)).unwrap())
+        .unwrap();
+    back.send_to(&big, (LAN_HOST, 7778)).unwrap();
+    let (n, from) = lan_socket
+        .recv_from(&mut buf)
+        .expect("a full-size datagram reaches the LAN");
+    assert_eq!(&buf[..n], &big[..]);
+    assert_eq!(from.ip(), IpAddr::V4(addr));
 }
 
 #[test]

@@ -231,7 +231,8 @@ impl RelayHandle {
             conn: None,
             joined: false,
             reassembler: Reassembler::new(ReassemblyConfig::default()),
-            fragmenter: Fragmenter::new(),
+            // The relay sends the LAN's frames as the gateway member (peer id 1) would.
+            fragmenter: Fragmenter::new(1),
             frag_buf: BytesMut::with_capacity(64 * 1024),
             tap,
             log,
