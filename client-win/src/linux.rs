@@ -367,7 +367,10 @@ impl ClientLoop {
             self.counters.from_adapter += 1;
             if !self.options.adapter.carries_ethernet() {
                 match &mut self.emu {
-                    Some(emu) => emu.handle_packet(now, &self.buf[..n]),
+                    Some(emu) => {
+                        run::learn_ipv6_source(emu, &self.buf[..n]);
+                        emu.handle_packet(now, &self.buf[..n]);
+                    }
                     None => self.counters.dropped_before_join += 1,
                 }
                 self.drain_emulator();

@@ -125,6 +125,35 @@ pub fn eui64_link_local(mac: Mac) -> Ipv6Addr {
     ])
 }
 
+/// Most IPv6 addresses [`learn_ipv6_source`] teaches the emulator (link-local, stable and a
+/// few temporary ones).
+pub const MAX_LEARNED_IPV6: usize = 16;
+
+/// Teaches the emulator the IPv6 source address of a packet the adapter's stack sent, so that
+/// it answers neighbour solicitations for it. The stack picks its own addresses (Windows gives
+/// wintun a random link-local one, SLAAC and privacy extensions add more, a player may add
+/// one by hand); answering for exactly the addresses in use needs no platform API. Sources
+/// that are unspecified, multicast or beyond [`MAX_LEARNED_IPV6`] addresses are ignored.
+pub fn learn_ipv6_source(emu: &mut crate::l2emu::Emulator, packet: &[u8]) {
+    let Some(src) = packet
+        .get(8..24)
+        .filter(|_| packet.first().is_some_and(|b| b >> 4 == 6))
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .map(Ipv6Addr::from)
+    else {
+        return;
+    };
+    let known = emu.ipv6_addrs();
+    if src.is_unspecified()
+        || src.is_multicast()
+        || known.contains(&src)
+        || known.len() >= MAX_LEARNED_IPV6
+    {
+        return;
+    }
+    emu.add_ipv6(src);
+}
+
 /// Where a frame from the room goes when an L2 adapter runs next to the built-in DHCP client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L2Route {
@@ -201,6 +230,37 @@ mod tests {
         let mut ipx = vec![0u8; 60];
         ipx[12..14].copy_from_slice(&[0x81, 0x37]);
         assert_eq!(l2_route(&ipx), L2Route::Adapter);
+    }
+
+    #[test]
+    fn ipv6_sources_from_the_adapter_are_learned_once_and_bounded() {
+        let mac: Mac = "02:11:22:33:44:55".parse().unwrap();
+        let now = std::time::Instant::now();
+        let mut emu =
+            crate::l2emu::Emulator::new(now, emulator_config(mac, Addressing::Dhcp, None, 1));
+        let packet = |src: Ipv6Addr| {
+            let mut p = vec![0u8; 40];
+            p[0] = 0x60;
+            p[8..24].copy_from_slice(&src.octets());
+            p
+        };
+        let ula: Ipv6Addr = "fd00::5:2".parse().unwrap();
+        learn_ipv6_source(&mut emu, &packet(ula));
+        learn_ipv6_source(&mut emu, &packet(ula));
+        learn_ipv6_source(&mut emu, &packet(Ipv6Addr::UNSPECIFIED));
+        learn_ipv6_source(&mut emu, &packet("ff02::1".parse().unwrap()));
+        let mut v4 = packet(ula);
+        v4[0] = 0x45;
+        learn_ipv6_source(&mut emu, &v4);
+        learn_ipv6_source(&mut emu, &[0x60, 0, 0]);
+        assert_eq!(emu.ipv6_addrs(), &[eui64_link_local(mac), ula]);
+        for i in 0..40u16 {
+            learn_ipv6_source(
+                &mut emu,
+                &packet(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 9, i)),
+            );
+        }
+        assert_eq!(emu.ipv6_addrs().len(), MAX_LEARNED_IPV6);
     }
 
     #[test]

@@ -452,6 +452,7 @@ impl ClientLoop {
             if self.kind().carries_ethernet() {
                 self.uplink.send_frame(&mut self.buf[..n]);
             } else if let Some(emu) = &mut self.emu {
+                run::learn_ipv6_source(emu, &self.buf[..n]);
                 emu.handle_packet(now, &self.buf[..n]);
                 self.drain_emulator();
             }

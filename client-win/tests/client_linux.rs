@@ -69,6 +69,28 @@ fn lan_works_through(kind: AdapterKind, test: &str) {
     netns::ping(&client.ns, IpAddr::V4(LAN_HOST), Duration::from_secs(5))
         .expect("the LAN host answers the client's ping");
 
+    // IPv6 too: neighbour discovery both ways (on a TUN the emulator answers for the address
+    // it saw the client's stack use).
+    let lan_v6 = netns::test_v6(5, 1);
+    party
+        .lan()
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{lan_v6}/64"),
+            "dev",
+            "lplan0",
+            "nodad",
+        ])
+        .unwrap();
+    let client_v6 = format!("{}/64", netns::test_v6(5, 2));
+    client
+        .ns
+        .ip(&["addr", "add", &client_v6, "dev", "lpcl0", "nodad"])
+        .unwrap();
+    netns::ping(&client.ns, IpAddr::V6(lan_v6), Duration::from_secs(5))
+        .expect("the LAN host answers the client's IPv6 ping");
+
     // A limited broadcast from the client reaches the relay side.
     broadcast_from_client(&client, addr, b"lanparty-broadcast");
     party
