@@ -134,7 +134,7 @@ pub const MAX_LEARNED_IPV6: usize = 16;
 /// wintun a random link-local one, SLAAC and privacy extensions add more, a player may add
 /// one by hand); answering for exactly the addresses in use needs no platform API. Sources
 /// that are unspecified, multicast or beyond [`MAX_LEARNED_IPV6`] addresses are ignored.
-pub fn learn_ipv6_source(emu: &mut crate::l2emu::Emulator, packet: &[u8]) {
+pub fn learn_ipv6_source(emu: &mut l2emu::Emulator, packet: &[u8]) {
     let Some(src) = packet
         .get(8..24)
         .filter(|_| packet.first().is_some_and(|b| b >> 4 == 6))
@@ -236,8 +236,7 @@ mod tests {
     fn ipv6_sources_from_the_adapter_are_learned_once_and_bounded() {
         let mac: Mac = "02:11:22:33:44:55".parse().unwrap();
         let now = std::time::Instant::now();
-        let mut emu =
-            crate::l2emu::Emulator::new(now, emulator_config(mac, Addressing::Dhcp, None, 1));
+        let mut emu = l2emu::Emulator::new(now, emulator_config(mac, Addressing::Dhcp, None, 1));
         let packet = |src: Ipv6Addr| {
             let mut p = vec![0u8; 40];
             p[0] = 0x60;
