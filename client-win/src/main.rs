@@ -114,7 +114,7 @@ mod platform {
             adapter: config.adapter,
             addressing: config.addressing,
             mac,
-            hostname: Some(config.display_name.as_str().to_owned()),
+            hostname: run::dhcp_hostname(config.display_name.as_str()),
             seed: rand::random(),
         };
         let mut client = ClientLoop::new(
@@ -210,7 +210,7 @@ mod platform {
         let options = LoopOptions {
             mac,
             addressing: config.addressing,
-            hostname: Some(config.display_name.as_str().to_owned()),
+            hostname: run::dhcp_hostname(config.display_name.as_str()),
             seed: rand::random(),
             state_dir,
             interface,

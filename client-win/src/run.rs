@@ -102,6 +102,23 @@ pub fn emulator_config(
     config
 }
 
+/// A DHCP host name (option 12) made from the display name: letters, digits and hyphens only
+/// (RFC 952/1123), spaces and underscores turned into hyphens, at most 63 characters; `None`
+/// when nothing usable is left.
+pub fn dhcp_hostname(display_name: &str) -> Option<String> {
+    let name: String = display_name
+        .chars()
+        .filter_map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' => Some(c),
+            ' ' | '_' | '.' => Some('-'),
+            _ => None,
+        })
+        .take(63)
+        .collect();
+    let name = name.trim_matches('-');
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
 /// The modified EUI-64 link-local address of `mac` (RFC 4291 appendix A).
 pub fn eui64_link_local(mac: Mac) -> Ipv6Addr {
     let m = mac.0;
@@ -260,6 +277,15 @@ mod tests {
             );
         }
         assert_eq!(emu.ipv6_addrs().len(), MAX_LEARNED_IPV6);
+    }
+
+    #[test]
+    fn display_names_become_valid_dhcp_host_names() {
+        assert_eq!(dhcp_hostname("alice").as_deref(), Some("alice"));
+        assert_eq!(dhcp_hostname("Bob's PC 2").as_deref(), Some("Bobs-PC-2"));
+        assert_eq!(dhcp_hostname(" _ünï_ ").as_deref(), Some("n"));
+        assert_eq!(dhcp_hostname("日本"), None);
+        assert_eq!(dhcp_hostname(&"x".repeat(80)).map(|n| n.len()), Some(63));
     }
 
     #[test]
