@@ -337,25 +337,23 @@ fn client_binary_says_when_the_relay_is_unreachable_and_keeps_retrying() {
     let x = Netns::create("ur").unwrap();
     // Nothing listens on X's loopback port 9: each attempt fails at once (ICMP port
     // unreachable) or times out, and the client backs off.
+    // The settings come from a TOML file this time; flags still name the interface.
     let dir = std::env::temp_dir().join(format!("lp-client-unreach-{}", std::process::id()));
-    let state_arg = dir.display().to_string();
-    let pin = "00".repeat(32);
-    let (mut client, lines) = spawn_client(
-        &x,
-        &[
-            "--relay",
-            "127.0.0.1:9",
-            "--room",
-            "party",
-            "--pin",
-            &pin,
-            "--name",
-            "lpcl0",
-            "--state-dir",
-            &state_arg,
-        ],
-        SECRET,
-    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "relay = \"127.0.0.1:9\"\nroom = \"party\"\npin = \"{}\"\nadapter = \"tun\"\n\
+             state_dir = \"{}\"\n",
+            "00".repeat(32),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let (mut client, lines) =
+        spawn_client(&x, &["--config", &config_arg, "--name", "lpcl0"], SECRET);
     wait_for_line(&lines, Duration::from_secs(1), |l| {
         l.ends_with("connecting to 127.0.0.1:9")
     });
@@ -363,6 +361,10 @@ fn client_binary_says_when_the_relay_is_unreachable_and_keeps_retrying() {
         l.contains("retrying in")
     });
     assert!(client.0.try_wait().unwrap().is_none(), "the client gave up");
+    // The file's adapter kind and state directory were used.
+    let link = x.ip(&["link", "show", "lpcl0"]).unwrap();
+    assert!(link.contains("POINTOPOINT"), "not a TUN: {link}");
+    assert!(dir.join("mac").exists());
     let ok = Command::new("kill")
         .args(["-INT", &client.0.id().to_string()])
         .status()
