@@ -8,9 +8,10 @@
 //! - [`status`]: the one status line the player reads.
 //! - [`run`]: portable pieces of the loop (uplink and emulator settings, frame routing on L2
 //!   adapters).
-//! - `linux` (Linux only): the datapath loop over a TAP or TUN device.
-//! - `windows` (Windows only): the same loop over wintun or tap-windows6, applying
-//!   [`winplan`] through the IP Helper API.
+//! - [`engine`]: the datapath loop between a virtual adapter and the room, for every platform.
+//! - `linux` (Linux only): TAP and TUN devices under the engine.
+//! - `windows` (Windows only): wintun and tap-windows6 under the engine, with [`winplan`]
+//!   applied through the IP Helper API.
 //! - [`l2emu`]: Ethernet emulation for L3 adapters (TUN, wintun): ARP, neighbour discovery,
 //!   broadcast mapping and a DHCP client, sans-IO.
 //! - [`winplan`]: the plan of interface changes (address, routes, metric) and their undo.
@@ -19,6 +20,7 @@
 
 pub mod adapter;
 pub mod config;
+pub mod engine;
 pub mod l2emu;
 #[cfg(target_os = "linux")]
 pub mod linux;

@@ -79,7 +79,8 @@ mod platform {
 
     use anyhow::Context as _;
     use lanparty_client::config::ClientConfig;
-    use lanparty_client::linux::{self, ClientLoop, Exit, LoopOptions};
+    use lanparty_client::engine::{EngineOptions, Exit};
+    use lanparty_client::linux;
     use lanparty_client::{run, state};
     use lanparty_control::uplink::Uplink;
     use lanparty_datapath::io::open_best;
@@ -110,14 +111,14 @@ mod platform {
             relay = %relay,
             "adapter up"
         );
-        let options = LoopOptions {
-            adapter: config.adapter,
-            addressing: config.addressing,
+        let options = EngineOptions {
             mac,
+            addressing: config.addressing,
             hostname: run::dhcp_hostname(config.display_name.as_str()),
             seed: rand::random(),
+            dhcp_on_l2: true,
         };
-        let mut client = ClientLoop::new(
+        let mut client = linux::client_loop(
             uplink,
             dev,
             options,
@@ -145,7 +146,8 @@ mod platform {
     use lanparty_client::adapter::wintun::{WintunAdapter, WintunConfig};
     use lanparty_client::adapter::{AdapterKind, VirtualAdapter};
     use lanparty_client::config::ClientConfig;
-    use lanparty_client::windows::{self, ClientLoop, Exit, LoopOptions};
+    use lanparty_client::engine::{EngineOptions, Exit};
+    use lanparty_client::windows;
     use lanparty_client::winplan::InterfaceId;
     use lanparty_client::{run, state};
     use lanparty_control::uplink::Uplink;
@@ -207,17 +209,18 @@ mod platform {
             relay = %relay,
             "adapter open"
         );
-        let options = LoopOptions {
+        let options = EngineOptions {
             mac,
             addressing: config.addressing,
             hostname: run::dhcp_hostname(config.display_name.as_str()),
             seed: rand::random(),
-            state_dir,
-            interface,
+            dhcp_on_l2: false,
         };
-        let mut client = ClientLoop::new(
+        let mut client = windows::client_loop(
             uplink,
             adapter,
+            interface,
+            state_dir,
             options,
             super::status_printer(config.log_format),
         )

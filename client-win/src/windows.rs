@@ -1,6 +1,5 @@
-//! The Windows client loop: the same shape as the Linux one (see `crate::linux`) over the
-//! adapter layer ([`crate::adapter`]): wintun with the Ethernet emulator, or tap-windows6
-//! carrying frames directly.
+//! The Windows adapters under the shared [`Engine`]: wintun with the Ethernet emulator, or
+//! tap-windows6 carrying frames directly ([`crate::adapter`] opens them).
 //!
 //! Waiting: the runner's wait sleeps on the UDP socket and its waker. The adapter's wait
 //! handle cannot join that wait, so a small helper thread blocks on it instead and wakes the
@@ -22,72 +21,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lanparty_control::uplink::{Uplink, UplinkEvent};
-use lanparty_datapath::Mac;
+use lanparty_control::uplink::Uplink;
 use lanparty_datapath::io::Waker;
 
 use crate::adapter::iphelper::{self, IpHelperError};
-use crate::adapter::{self, AdapterKind, VirtualAdapter, WaitHandle};
+use crate::adapter::{self, VirtualAdapter, WaitHandle};
 use crate::config::Addressing;
-use crate::l2emu::{self, Emulator};
-use crate::run;
+use crate::engine::{Device, Engine, EngineOptions};
 use crate::state;
-use crate::status::{AddressStatus, StatusLine};
 use crate::winplan::{
     self, AddressConfig, Change, InterfaceId, InterfaceSnapshot, Ipv4Net, PlanOptions, Route,
     Snapshot, Undo,
 };
 
-/// Reads from the adapter per turn before the loop looks at the uplink again.
-const READS_PER_TURN: usize = 256;
-/// How long a stopping loop waits for its goodbye to leave.
-const GOODBYE_GRACE: Duration = Duration::from_millis(150);
 /// How often the helper thread looks at the stop flag.
 const HELPER_TICK: Duration = Duration::from_millis(250);
-
-/// What the loop needs besides the uplink and the adapter.
-#[derive(Debug, Clone)]
-pub struct LoopOptions {
-    /// Our MAC (the adapter's own on tap-windows6).
-    pub mac: Mac,
-    /// DHCP or static.
-    pub addressing: Addressing,
-    /// Host name for DHCP option 12.
-    pub hostname: Option<String>,
-    /// Seed for the emulator.
-    pub seed: u64,
-    /// Where the undo file lives.
-    pub state_dir: PathBuf,
-    /// The adapter's interface.
-    pub interface: InterfaceId,
-}
-
-/// Why [`ClientLoop::run`] returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Exit {
-    /// Stopped through a [`Stopper`].
-    Stopped,
-    /// The session ended for good; the last status line says why.
-    Finished(String),
-}
-
-/// Stops a running [`ClientLoop`] from another thread.
-#[derive(Debug, Clone)]
-pub struct Stopper {
-    flag: Arc<AtomicBool>,
-    waker: Waker,
-}
-
-impl Stopper {
-    /// Asks the loop to say goodbye, undo its interface changes and return.
-    pub fn stop(&self) {
-        self.flag.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-}
 
 /// Replays an undo left in `state_dir` by a client that did not exit cleanly, then removes it.
 ///
@@ -249,301 +199,65 @@ impl Drop for WakeHelper {
     }
 }
 
-/// The client's datapath loop on Windows. See the [module documentation](self).
-pub struct ClientLoop {
+/// A wintun or tap-windows6 adapter as the engine drives it, with the interface changes
+/// applied to it and their undo.
+pub struct WindowsDevice {
+    // The helper waits on the adapter's handle, so it stops before the adapter closes.
     helper: WakeHelper,
-    uplink: Uplink,
     adapter: Box<dyn VirtualAdapter + Send>,
-    options: LoopOptions,
-    emu: Option<Emulator>,
+    interface: InterfaceId,
+    state_dir: PathBuf,
+    addressing: Addressing,
     applied: Option<Undo>,
-    status: StatusLine,
-    on_status: Box<dyn FnMut(&str) + Send>,
-    stop: Arc<AtomicBool>,
-    buf: Vec<u8>,
-    more_to_read: bool,
 }
 
-impl std::fmt::Debug for ClientLoop {
+impl std::fmt::Debug for WindowsDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientLoop")
+        f.debug_struct("WindowsDevice")
             .field("adapter", &self.adapter.name())
-            .field("options", &self.options)
-            .field("status", &self.status.render())
+            .field("interface", &self.interface)
             .finish_non_exhaustive()
     }
 }
 
-impl ClientLoop {
-    /// Ties the uplink and the adapter together and starts the wake helper.
-    ///
-    /// # Errors
-    ///
-    /// When the helper thread cannot start.
-    pub fn new(
-        uplink: Uplink,
-        adapter: Box<dyn VirtualAdapter + Send>,
-        options: LoopOptions,
-        on_status: Box<dyn FnMut(&str) + Send>,
-    ) -> io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let helper_stop = Arc::new(AtomicBool::new(false));
-        let helper = WakeHelper::start(
-            adapter.wait_handle(),
-            uplink.runner_ref().waker(),
-            helper_stop,
-        )?;
-        let address = match options.addressing {
-            Addressing::Dhcp => AddressStatus::WaitingForDhcp,
-            Addressing::Static { addr, prefix } => AddressStatus::Static { addr, prefix },
-        };
-        Ok(Self {
-            helper,
-            uplink,
-            adapter,
-            options,
-            emu: None,
-            applied: None,
-            status: StatusLine::new(address),
-            on_status,
-            stop,
-            buf: vec![0u8; 64 * 1024],
-            more_to_read: true,
-        })
-    }
-
-    /// A handle that stops [`Self::run`] from another thread.
-    pub fn stopper(&self) -> Stopper {
-        Stopper {
-            flag: Arc::clone(&self.stop),
-            waker: self.uplink.runner_ref().waker(),
-        }
-    }
-
-    /// Runs turns until stopped or the session ends for good; undoes the interface changes
-    /// either way.
-    ///
-    /// # Errors
-    ///
-    /// When the UDP backend fails.
-    pub fn run(&mut self) -> io::Result<Exit> {
-        let result = self.run_inner();
-        self.undo_all();
-        result
-    }
-
-    fn run_inner(&mut self) -> io::Result<Exit> {
-        loop {
-            if self.stop.load(Ordering::Acquire) {
-                self.say_goodbye();
-                return Ok(Exit::Stopped);
-            }
-            self.turn()?;
-            if self.uplink.is_finished() {
-                return Ok(Exit::Finished(self.status.render()));
-            }
-        }
-    }
-
-    fn kind(&self) -> AdapterKind {
-        self.adapter.kind()
-    }
-
-    fn turn(&mut self) -> io::Result<()> {
-        let now = Instant::now();
-        self.uplink.receive(now);
-        while let Some(event) = self.uplink.poll_event() {
-            if let UplinkEvent::Joined(_) = event {
-                self.on_joined(now);
-            }
-        }
-        while let Some(frame) = self.uplink.poll_frame() {
-            self.on_room_frame(now, &frame);
-        }
-        if let Some(emu) = &mut self.emu
-            && emu.poll_timeout().is_some_and(|t| t <= now)
-        {
-            emu.handle_timeout(now);
-        }
-        self.drain_emulator();
-        self.drain_adapter(now);
-        self.drain_emulator();
-        self.report_status();
-        self.uplink.transmit(now)?;
-        let deadline = if self.more_to_read {
-            Some(now)
-        } else {
-            self.emu.as_ref().and_then(Emulator::poll_timeout)
-        };
-        self.uplink.wait(deadline)?;
-        Ok(())
-    }
-
-    fn say_goodbye(&mut self) {
-        let now = Instant::now();
-        self.uplink.close(now, "client exiting");
-        let until = now + GOODBYE_GRACE;
-        loop {
-            let now = Instant::now();
-            self.uplink.receive(now);
-            if self.uplink.transmit(now).is_err() || now >= until {
-                break;
-            }
-            if self.uplink.wait(Some(until)).is_err() {
-                break;
-            }
-        }
-        self.status.set_session("disconnected", false);
-        self.report_status();
-    }
-
-    fn on_joined(&mut self, now: Instant) {
-        let l3 = !self.kind().carries_ethernet();
-        if l3 && self.emu.is_none() {
-            let config = run::emulator_config(
-                self.options.mac,
-                self.options.addressing,
-                self.options.hostname.clone(),
-                self.options.seed,
-            );
-            self.emu = Some(Emulator::new(now, config));
-        }
-        if !l3 && self.applied.is_none() {
-            match self.options.addressing {
-                Addressing::Static { addr, prefix } => self.apply_address(addr, prefix, None),
-                // Windows' DHCP client configures the TAP; only the metric is ours to set.
-                Addressing::Dhcp => self.apply_metric_only(),
-            }
-        }
-    }
-
-    fn on_room_frame(&mut self, now: Instant, frame: &[u8]) {
-        if self.kind().carries_ethernet() {
-            self.write_adapter(frame);
-        } else if let Some(emu) = &mut self.emu {
-            emu.handle_frame(now, frame);
-        }
-    }
-
-    fn write_adapter(&mut self, data: &[u8]) {
-        // A full queue or a refused frame is a drop, as on any NIC.
-        if let Err(e) = self.adapter.write(data)
-            && e.kind() != io::ErrorKind::WouldBlock
-        {
-            tracing::debug!(error = %e, "adapter refused a frame");
-        }
-    }
-
-    fn drain_adapter(&mut self, now: Instant) {
-        self.more_to_read = false;
-        for _ in 0..READS_PER_TURN {
-            let n = match self.adapter.read(&mut self.buf) {
-                Ok(Some(n)) => n,
-                Ok(None) => {
-                    self.helper.rearm();
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the adapter failed");
-                    self.helper.rearm();
-                    return;
-                }
-            };
-            if self.kind().carries_ethernet() {
-                self.uplink.send_frame(&mut self.buf[..n]);
-            } else if let Some(emu) = &mut self.emu {
-                run::learn_ipv6_source(emu, &self.buf[..n]);
-                emu.handle_packet(now, &self.buf[..n]);
-                self.drain_emulator();
-            }
-        }
-        self.more_to_read = true;
-    }
-
-    fn drain_emulator(&mut self) {
-        let Some(emu) = &mut self.emu else { return };
-        while let Some(mut frame) = emu.poll_frame() {
-            self.uplink.send_frame(&mut frame);
-            emu.recycle(frame);
-        }
-        while let Some(packet) = emu.poll_packet() {
-            if let Err(e) = self.adapter.write(&packet)
-                && e.kind() != io::ErrorKind::WouldBlock
-            {
-                tracing::debug!(error = %e, "adapter refused a packet");
-            }
-            emu.recycle(packet);
-        }
-        while let Some(event) = self.emu.as_mut().and_then(Emulator::poll_event) {
-            match event {
-                l2emu::Event::AddressAcquired {
-                    addr,
-                    prefix,
-                    router,
-                    ..
-                } => self.apply_address(addr, prefix, router),
-                l2emu::Event::AddressLost { addr } => {
-                    self.undo_all();
-                    self.status.set_address(AddressStatus::Lost { addr });
-                }
-                _ => {}
-            }
-        }
-    }
-
+impl WindowsDevice {
     /// Plans and applies `addr/prefix`, writing the undo first.
-    fn apply_address(&mut self, addr: Ipv4Addr, prefix: u8, router: Option<Ipv4Addr>) {
+    fn apply_plan(
+        &mut self,
+        addr: Ipv4Addr,
+        prefix: u8,
+        router: Option<Ipv4Addr>,
+    ) -> io::Result<()> {
         self.undo_all();
-        let interface = self.options.interface;
-        let plan = snapshot(interface)
-            .map_err(|e| e.to_string())
-            .and_then(|snap| {
-                winplan::plan(
-                    &snap,
-                    interface,
-                    &AddressConfig::new(addr, prefix, router),
-                    PlanOptions::default(),
-                )
-                .map_err(|e| e.to_string())
-            });
-        let plan = match plan {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, %addr, "could not plan the adapter's address");
-                return;
-            }
-        };
+        let interface = self.interface;
+        let snap = snapshot(interface).map_err(io::Error::from)?;
+        let plan = winplan::plan(
+            &snap,
+            interface,
+            &AddressConfig::new(addr, prefix, router),
+            PlanOptions::default(),
+        )
+        .map_err(io::Error::other)?;
         if let Some(other) = &plan.metric_tie {
             tracing::warn!(
                 interface = %other,
                 "another interface has metric 1 too: broadcasts may leave through it"
             );
         }
-        if !self.record_undo(&plan.undo) {
-            return;
-        }
+        self.record_undo(&plan.undo)?;
         self.applied = Some(plan.undo);
         for change in &plan.changes {
             if let Err(e) = apply_change(change) {
                 tracing::warn!(error = %e, ?change, "could not change the adapter");
             }
         }
-        self.status.set_address(match self.options.addressing {
-            Addressing::Dhcp => AddressStatus::Leased { addr, prefix },
-            Addressing::Static { .. } => AddressStatus::Static { addr, prefix },
-        });
+        Ok(())
     }
 
     /// Gives a TAP adapter configured by Windows' DHCP client the lowest metric.
-    fn apply_metric_only(&mut self) {
-        let interface = self.options.interface;
-        let current = match iphelper::ipv4_interface(interface.luid) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the adapter's metric");
-                return;
-            }
-        };
+    fn apply_metric_only(&mut self) -> io::Result<()> {
+        let interface = self.interface;
+        let current = iphelper::ipv4_interface(interface.luid).map_err(io::Error::from)?;
         let undo = Undo {
             changes: vec![Change::SetMetric {
                 interface,
@@ -551,35 +265,20 @@ impl ClientLoop {
                 metric: current.metric,
             }],
         };
-        if !self.record_undo(&undo) {
-            return;
-        }
+        self.record_undo(&undo)?;
         self.applied = Some(undo);
-        let change = Change::SetMetric {
+        apply_change(&Change::SetMetric {
             interface,
             automatic: false,
             metric: winplan::ROOM_METRIC,
-        };
-        if let Err(e) = apply_change(&change) {
-            tracing::warn!(error = %e, "could not set the adapter's metric");
-        }
+        })
+        .map_err(io::Error::from)
     }
 
-    /// Writes `undo` to the state directory; false (and nothing applied) when that fails.
-    fn record_undo(&self, undo: &Undo) -> bool {
-        let written = undo
-            .to_json()
-            .map_err(io::Error::other)
-            .and_then(|json| state::write_atomic(&self.options.state_dir, state::UNDO_FILE, &json));
-        if let Err(e) = written {
-            tracing::warn!(
-                error = %e,
-                dir = %self.options.state_dir.display(),
-                "cannot record how to undo the adapter changes, so none are made"
-            );
-            return false;
-        }
-        true
+    /// Writes `undo` to the state directory; nothing may be applied when this fails.
+    fn record_undo(&self, undo: &Undo) -> io::Result<()> {
+        let json = undo.to_json().map_err(io::Error::other)?;
+        state::write_atomic(&self.state_dir, state::UNDO_FILE, &json)
     }
 
     /// Reverses what was applied and removes the undo file.
@@ -592,18 +291,95 @@ impl ClientLoop {
                 tracing::warn!(error = %e, ?change, "could not undo an adapter change");
             }
         }
-        let _ = std::fs::remove_file(self.options.state_dir.join(state::UNDO_FILE));
+        let _ = std::fs::remove_file(self.state_dir.join(state::UNDO_FILE));
+    }
+}
+
+impl Device for WindowsDevice {
+    fn carries_ethernet(&self) -> bool {
+        self.adapter.kind().carries_ethernet()
     }
 
-    fn report_status(&mut self) {
-        if !self.uplink.status().is_empty() {
-            self.status
-                .set_session(self.uplink.status(), self.uplink.is_joined());
-        }
-        self.status
-            .set_hint(self.emu.as_ref().and_then(Emulator::status_hint));
-        if let Some(line) = self.status.take_changed() {
-            (self.on_status)(&line);
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        self.adapter.read(buf)
+    }
+
+    fn write(&mut self, data: &[u8]) -> io::Result<bool> {
+        match self.adapter.write(data) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
         }
     }
+
+    fn set_address(
+        &mut self,
+        addr: Ipv4Addr,
+        prefix: u8,
+        router: Option<Ipv4Addr>,
+    ) -> io::Result<()> {
+        self.apply_plan(addr, prefix, router)
+    }
+
+    fn clear_address(&mut self, _addr: Ipv4Addr) -> io::Result<()> {
+        self.undo_all();
+        Ok(())
+    }
+
+    fn drained(&mut self) {
+        self.helper.rearm();
+    }
+
+    fn joined(&mut self) {
+        // wintun gets its address from the emulator's events; a TAP's is ours only when
+        // static (Windows' DHCP client configures it otherwise).
+        if !self.carries_ethernet() || self.applied.is_some() {
+            return;
+        }
+        let result = match self.addressing {
+            Addressing::Static { addr, prefix } => self.apply_plan(addr, prefix, None),
+            Addressing::Dhcp => self.apply_metric_only(),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not configure the TAP adapter");
+        }
+    }
+
+    fn finish(&mut self) {
+        self.undo_all();
+    }
+}
+
+/// The client loop over a Windows adapter.
+pub type ClientLoop = Engine<WindowsDevice>;
+
+/// Builds the loop: starts the wake helper on the adapter's handle. On a TAP, Windows' own
+/// DHCP client gets the address.
+///
+/// # Errors
+///
+/// When the helper thread cannot start.
+pub fn client_loop(
+    uplink: Uplink,
+    adapter: Box<dyn VirtualAdapter + Send>,
+    interface: InterfaceId,
+    state_dir: PathBuf,
+    mut options: EngineOptions,
+    on_status: Box<dyn FnMut(&str) + Send>,
+) -> io::Result<ClientLoop> {
+    let helper = WakeHelper::start(
+        adapter.wait_handle(),
+        uplink.runner_ref().waker(),
+        Arc::new(AtomicBool::new(false)),
+    )?;
+    options.dhcp_on_l2 = false;
+    let device = WindowsDevice {
+        helper,
+        adapter,
+        interface,
+        state_dir,
+        addressing: options.addressing,
+        applied: None,
+    };
+    Ok(Engine::new(uplink, device, options, on_status))
 }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use lanparty_client::adapter::AdapterKind;
 use lanparty_client::config::{Addressing, Args, ClientConfig, FileConfig};
-use lanparty_client::linux::{self, ClientLoop, Exit, LoopOptions, Stopper};
+use lanparty_client::engine::{EngineOptions, Exit, Stopper};
+use lanparty_client::linux::{self, ClientLoop};
 use lanparty_client::run;
 use lanparty_client::status::AddressStatus;
 use lanparty_control::codec::{self, Decoder};
@@ -482,14 +483,14 @@ impl<'a> ClientSpec<'a> {
         let uplink = Uplink::new(Instant::now(), runner, uplink_config);
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
-        let options = LoopOptions {
-            adapter: kind,
-            addressing: self.addressing,
+        let options = EngineOptions {
             mac,
+            addressing: self.addressing,
             hostname: Some("tester".into()),
             seed: 2,
+            dhcp_on_l2: true,
         };
-        let mut client = ClientLoop::new(
+        let mut client = linux::client_loop(
             uplink,
             dev,
             options,
