@@ -82,6 +82,30 @@ fn relay_binary() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
+/// A temporary directory removed when dropped, even when the test fails.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lp-client-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A child process killed (by its PID) when dropped.
 struct Proc(Child);
 
@@ -174,8 +198,7 @@ fn client_binary_crosses_the_real_relay_and_exits_cleanly_on_sigterm() {
         eprintln!("SKIP {test}: the lanparty-relay binary is absent and could not be built");
         return;
     };
-    let dir = std::env::temp_dir().join(format!("lp-client-real-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("real");
     let x = Netns::create("rl").unwrap();
 
     let (relay, link) = spawn_relay(&x, &relay_bin, &dir);
@@ -266,7 +289,6 @@ fn client_binary_crosses_the_real_relay_and_exits_cleanly_on_sigterm() {
     tun.wait_for_status(Duration::from_secs(2), |l| l.contains("with 0 peers"));
     tun.stop_and_check_removed();
     drop(relay);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -279,7 +301,7 @@ fn client_binary_stops_on_a_rejected_secret_and_removes_its_adapter() {
         eprintln!("SKIP {test}: the lanparty-relay binary is absent and could not be built");
         return;
     };
-    let dir = std::env::temp_dir().join(format!("lp-client-reject-{}", std::process::id()));
+    let dir = TempDir::new("reject");
     let x = Netns::create("rj").unwrap();
     let (_relay, link) = spawn_relay(&x, &relay_bin, &dir);
     let parsed: JoinLink = link.parse().unwrap();
@@ -325,7 +347,6 @@ fn client_binary_stops_on_a_rejected_secret_and_removes_its_adapter() {
         "the TUN outlived the client"
     );
     first.stop_and_check_removed();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -338,8 +359,7 @@ fn client_binary_says_when_the_relay_is_unreachable_and_keeps_retrying() {
     // Nothing listens on X's loopback port 9: each attempt fails at once (ICMP port
     // unreachable) or times out, and the client backs off.
     // The settings come from a TOML file this time; flags still name the interface.
-    let dir = std::env::temp_dir().join(format!("lp-client-unreach-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("unreach");
     let config = dir.join("client.toml");
     std::fs::write(
         &config,
@@ -372,5 +392,4 @@ fn client_binary_says_when_the_relay_is_unreachable_and_keeps_retrying() {
         .success();
     assert!(ok);
     assert!(wait_exit(&mut client, Duration::from_secs(2)).success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
