@@ -274,6 +274,16 @@ impl<D: Device> Engine<D> {
     ///
     /// When the UDP backend fails.
     pub fn turn(&mut self) -> io::Result<()> {
+        self.turn_until(None)
+    }
+
+    /// [`Self::turn`], sleeping no later than `deadline` (for callers that drive something else
+    /// on the same thread, such as a test's scripted relay).
+    ///
+    /// # Errors
+    ///
+    /// When the UDP backend fails.
+    pub fn turn_until(&mut self, deadline: Option<Instant>) -> io::Result<()> {
         let now = Instant::now();
         self.uplink.receive(now);
         while let Some(event) = self.uplink.poll_event() {
@@ -294,12 +304,15 @@ impl<D: Device> Engine<D> {
         self.drain_emulator();
         self.report_status();
         self.uplink.transmit(now)?;
-        let deadline = if self.more_to_read {
+        let wake = if self.more_to_read {
             Some(now)
         } else {
-            self.emu.as_ref().and_then(Emulator::poll_timeout)
+            match (self.emu.as_ref().and_then(Emulator::poll_timeout), deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
         };
-        self.uplink.wait(deadline)?;
+        self.uplink.wait(wake)?;
         Ok(())
     }
 
