@@ -441,9 +441,11 @@ impl Uplink {
                 .driver()
                 .write_control(conn, &PeerControl::encode_disconnect(reason));
         }
+        // QUIC discards unsent stream data on close, so the reason also rides in the
+        // CONNECTION_CLOSE frame, which the relay does see.
+        self.close_conn(now, reason);
         self.session.close();
         self.run_actions(now);
-        self.close_conn(now, reason);
         self.forget();
     }
 
