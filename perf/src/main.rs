@@ -29,20 +29,51 @@ enum Command {
         /// Small counts and short runs (for CI).
         #[arg(long)]
         quick: bool,
+        /// How many times each `relay` scenario runs (median and spread are reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Clients of `scale`.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
     },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Scenario {
     Quic,
+    /// Frames through lanparty-relay vs. a quinn relay: throughput, CPU/frame, added latency.
+    Relay,
+    /// Many clients joining one relay process: handshakes/s, relay RSS per connection.
+    Scale,
 }
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Lab(args) => lanparty_perf::lab::run_command(&args),
         Command::Bench {
+            scenario: Scenario::Relay,
+            quick,
+            repeat,
+            ..
+        } => bench::relay::run(&bench::relay::Options {
+            quick,
+            repeat: if quick { 1 } else { repeat.max(1) },
+        }),
+        Command::Bench {
+            scenario: Scenario::Scale,
+            quick,
+            clients,
+            ..
+        } => bench::scale::run(&bench::scale::Options {
+            clients,
+            per_room: 10,
+            quick,
+            time_limit: Duration::from_secs(120),
+        }),
+        Command::Bench {
             scenario: Scenario::Quic,
             quick,
+            ..
         } => {
             let secs = if quick { 1 } else { 5 };
             let workload = bench::Workload {

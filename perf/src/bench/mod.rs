@@ -4,6 +4,9 @@
 use std::time::Duration;
 
 pub(crate) mod quinn_ref;
+pub(crate) mod relay;
+mod relay_ref;
+pub(crate) mod scale;
 pub(crate) mod udp_ref;
 
 /// DATAGRAM send/receive buffer used by every QUIC stack under test (our driver's default).
