@@ -60,6 +60,8 @@ use crate::stats;
 
 /// Secret of every benchmark room.
 pub(crate) const SECRET: &str = "lanparty-bench";
+/// How long a closed-loop sender waits for progress before it writes its window off as lost.
+const STALL: Duration = Duration::from_millis(5);
 /// How long setting up peers may take.
 const SETUP: Duration = Duration::from_secs(15);
 
@@ -534,7 +536,29 @@ pub(crate) fn throughput(
             |_, _, _, _| {},
         )?;
     }
+    // And for the relay's PMTUD towards every receiver: probe with single frames until each
+    // receiver got one whole.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet
+        .members
+        .iter()
+        .enumerate()
+        .any(|(i, m)| i != sender && m.received == 0)
+    {
+        if Instant::now() > deadline {
+            bail!("the relay never forwarded a {size}-byte frame to every receiver");
+        }
+        fleet.driver().send_datagram(conn, datagram.clone())?;
+        let until = Instant::now() + Duration::from_millis(2);
+        while Instant::now() < until {
+            fleet.turn(Some(until), |_, _, _, _| {})?;
+        }
+    }
+    let first_receiver = usize::from(sender == 0);
+    let in_flight = (48 * 1024 / datagram.len()).clamp(16, 512) as u64;
     let mut load = Load::new(conn, datagram);
+    load.sent = fleet.members[first_receiver].received;
+    let (mut last_delivered, mut last_progress, mut written_off) = (0, Instant::now(), 0);
     let start = Instant::now();
     let mut window: Option<(Instant, Duration, u64, u64, u64)> = None;
     let end = start + warmup + duration;
@@ -558,7 +582,20 @@ pub(crate) fn throughput(
                 relay_cpu_s: (cpu1 - cpu0).as_secs_f64(),
             };
         }
-        load.fill(fleet.driver());
+        // Closed loop: at most a window of frames between the sender and the first receiver
+        // (every receiver of a broadcast gets the same frames), so the relay forwards what it
+        // receives instead of dropping the excess at a full egress queue.
+        let delivered = fleet.members[first_receiver].received;
+        if delivered != last_delivered {
+            last_delivered = delivered;
+            last_progress = now;
+        } else if now - last_progress > STALL {
+            // Frames were lost: write them off rather than stall the window.
+            written_off = load.sent.saturating_sub(delivered);
+            last_progress = now;
+        }
+        let outstanding = load.sent.saturating_sub(delivered + written_off);
+        load.fill(fleet.driver(), in_flight.saturating_sub(outstanding));
         fleet.turn(None, |_, _, _, _| {})?;
     };
     fleet.close_all();
@@ -599,14 +636,14 @@ impl Load {
         }
     }
 
-    /// Queues datagrams until the connection's queue holds `cap`.
-    pub(crate) fn fill(&mut self, driver: &mut Driver) {
+    /// Queues at most `max` datagrams, and no more than the connection's queue holds `cap`.
+    pub(crate) fn fill(&mut self, driver: &mut Driver, max: u64) {
         let Some(stats) = driver.stats(self.conn) else {
             return;
         };
         let gone = stats.datagrams_sent + stats.datagrams_dropped_tx;
         let queued = self.sent.saturating_sub(gone);
-        for _ in queued..self.cap {
+        for _ in queued..self.cap.min(queued + max) {
             if driver
                 .send_datagram(self.conn, self.datagram.clone())
                 .is_err()
@@ -740,7 +777,7 @@ pub(crate) fn latency(relay: &Relay, count: usize, load: bool) -> anyhow::Result
                     }
                 };
                 while !stop.load(Ordering::Relaxed) {
-                    load.fill(f.driver());
+                    load.fill(f.driver(), u64::MAX);
                     f.turn(None, |_, _, _, _| {})?;
                 }
                 let received = f.members[1].received;
