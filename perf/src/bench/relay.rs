@@ -1253,7 +1253,35 @@ mod tests {
         let r = stats::quantile(&mut p.relay, 0.5).unwrap();
         let d = stats::quantile(&mut p.direct, 0.5).unwrap();
         eprintln!("relay rtt p50 {r:?}, direct rtt p50 {d:?}");
-        eprintln!("relay {:?}", p.relay);
-        eprintln!("direct {:?}", p.direct);
+    }
+
+    #[test]
+    fn unicast_and_broadcast_frames_flow_through_both_relays() {
+        for kind in [Kind::Ours, Kind::Quinn] {
+            let relay = Relay::start(kind).unwrap();
+            let ms = Duration::from_millis;
+            let uni = throughput(&relay, 64, 1, ms(100), ms(200)).unwrap();
+            let flood = throughput(&relay, 1400, 3, ms(100), ms(200)).unwrap();
+            relay.stop().unwrap();
+            for f in [uni, flood] {
+                assert!(f.forwarded > 0, "{kind:?}: {f:?}");
+                assert!(
+                    f.relay_cpu_s > 0.0,
+                    "{kind:?}: relay CPU was measured: {f:?}"
+                );
+                assert_eq!(
+                    f.bytes,
+                    f.forwarded * f.size as u64,
+                    "{kind:?}: whole frames"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn spread_is_median_min_max() {
+        let s = Spread::of(&[3.0, 1.0, 2.0, f64::NAN]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of(&[1.0, 4.0]).median, 2.5);
     }
 }
