@@ -8,7 +8,7 @@
 //! through an `Rc<RefCell<…>>`, so there are no locks of ours and no cross-thread hops. The
 //! QUIC transport mirrors ours where quinn lets it: 64 KiB datagram send buffer, 128 KiB
 //! receive buffer, one peer-opened bidirectional stream, 1200-byte initial MTU with PMTUD up to
-//! 1472, GSO/GRO through quinn-udp. What it leaves out (admission limits, stats, metrics) costs
+//! 1472, GSO/GRO through quinn-udp, and the same 4 MiB UDP socket buffers. What it leaves out (admission limits, stats, metrics) costs
 //! nothing per datagram in lanparty-relay either.
 
 use std::cell::RefCell;
@@ -78,6 +78,11 @@ impl RefRelay {
         let mut server = quinn::ServerConfig::with_crypto(crypto);
         server.transport_config(transport());
         let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        // The same socket buffers as lanparty-relay asks for, so that both queue as much in
+        // the kernel when they fall behind.
+        let sock = socket2::SockRef::from(&socket);
+        sock.set_recv_buffer_size(lanparty_datapath::io::SOCKET_BUFFER_BYTES)?;
+        sock.set_send_buffer_size(lanparty_datapath::io::SOCKET_BUFFER_BYTES)?;
         let addr = socket.local_addr()?;
         let (stop_tx, stop_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
