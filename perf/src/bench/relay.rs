@@ -643,7 +643,7 @@ impl Load {
         };
         let gone = stats.datagrams_sent + stats.datagrams_dropped_tx;
         let queued = self.sent.saturating_sub(gone);
-        for _ in queued..self.cap.min(queued + max) {
+        for _ in queued..self.cap.min(queued.saturating_add(max)) {
             if driver
                 .send_datagram(self.conn, self.datagram.clone())
                 .is_err()
