@@ -661,6 +661,8 @@ pub(crate) struct Pings {
     pub(crate) relay: Vec<Duration>,
     pub(crate) direct: Vec<Duration>,
     pub(crate) lost: u64,
+    /// Rate of the bulk flow while the pings ran (0 when idle).
+    pub(crate) bulk_gbit: f64,
 }
 
 /// An in-memory self-signed identity for a peer that accepts direct connections.
@@ -744,7 +746,7 @@ pub(crate) fn latency(relay: &Relay, count: usize, load: bool) -> anyhow::Result
         let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
         let handle = std::thread::Builder::new()
             .name("bench-bulk".into())
-            .spawn(move || -> anyhow::Result<u64> {
+            .spawn(move || -> anyhow::Result<f64> {
                 let run = || -> anyhow::Result<(Fleet, Load)> {
                     let mut f = Fleet::new(pin, None)?;
                     let room = format!("bulk-{}", unique());
@@ -773,16 +775,19 @@ pub(crate) fn latency(relay: &Relay, count: usize, load: bool) -> anyhow::Result
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
-                        return Ok(0);
+                        return Ok(0.0);
                     }
                 };
+                let (t0, rx0) = (Instant::now(), f.members[1].received_bytes);
                 while !stop.load(Ordering::Relaxed) {
                     load.fill(f.driver(), u64::MAX);
                     f.turn(None, |_, _, _, _| {})?;
                 }
-                let received = f.members[1].received;
+                let gbit = (f.members[1].received_bytes - rx0) as f64 * 8.0
+                    / t0.elapsed().as_secs_f64()
+                    / 1e9;
                 f.close_all();
-                Ok(received)
+                Ok(gbit)
             })?;
         match rx.recv_timeout(SETUP + Duration::from_secs(15)) {
             Ok(r) => r?,
@@ -792,16 +797,19 @@ pub(crate) fn latency(relay: &Relay, count: usize, load: bool) -> anyhow::Result
     } else {
         None
     };
-    let result = ping_loop(relay_addr, pin, &room, b_addr, b_pin, count, load);
+    let mut result = ping_loop(relay_addr, pin, &room, b_addr, b_pin, count, load);
     stop.store(true, Ordering::Relaxed);
     echo.join()
         .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
     if let Some(bulk) = bulk {
-        let received = bulk
+        let gbit = bulk
             .join()
             .map_err(|_| anyhow::anyhow!("bulk thread panicked"))??;
-        if received == 0 {
+        if gbit <= 0.0 {
             bail!("the bulk flow delivered nothing");
+        }
+        if let Ok(p) = &mut result {
+            p.bulk_gbit = gbit;
         }
     }
     result
@@ -897,6 +905,8 @@ pub(crate) struct LatencyRun {
     pub(crate) added_p99_us: f64,
     pub(crate) samples: usize,
     pub(crate) lost: u64,
+    /// Delivered rate of the bulk flow, Gbit/s (0 when idle).
+    pub(crate) bulk_gbit: f64,
 }
 
 fn us(d: Duration) -> f64 {
@@ -917,6 +927,7 @@ impl LatencyRun {
             added_p99_us: (r99 - d99) / 2.0,
             samples: p.relay.len(),
             lost: p.lost,
+            bulk_gbit: p.bulk_gbit,
         }
     }
 }
@@ -1110,6 +1121,7 @@ fn summarize(r: &mut Report) {
             format!("{k} / direct_rtt_p99_us"),
             col(|l| l.direct_rtt_p99_us),
         );
+        summary.insert(format!("{k} / bulk_gbit"), col(|l| l.bulk_gbit));
     }
     let get = |s: &BTreeMap<String, Spread>, k: String| s.get(&k).map_or(f64::NAN, |x| x.median);
     let ours_cpu = get(
@@ -1199,9 +1211,9 @@ fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "| relay | condition | added p50 | added p99 | relay RTT p50 | relay RTT p99 | direct RTT p50 | direct RTT p99 |"
+        "| relay | condition | added p50 | added p99 | relay RTT p50 | relay RTT p99 | direct RTT p50 | direct RTT p99 | bulk Gbit/s |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for kind in [Kind::Ours, Kind::Quinn] {
         for what in ["latency idle", "latency under load"] {
             let k = key(kind, what);
@@ -1212,7 +1224,7 @@ fn markdown(r: &Report) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 kind.label(),
                 what.trim_start_matches("latency "),
                 get("added_p50_us"),
@@ -1221,6 +1233,9 @@ fn markdown(r: &Report) -> String {
                 get("relay_rtt_p99_us"),
                 get("direct_rtt_p50_us"),
                 get("direct_rtt_p99_us"),
+                r.summary
+                    .get(&format!("{k} / bulk_gbit"))
+                    .map_or_else(|| "–".to_owned(), |x| x.show(2)),
             );
         }
     }
