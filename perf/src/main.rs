@@ -5,6 +5,8 @@ mod stats;
 #[allow(unsafe_code)]
 mod sys;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 
 /// softlan lab and benchmarks.
@@ -33,22 +35,54 @@ enum Command {
         /// Output directory for the Markdown and JSON results (default perf/out/).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Clients of `scale`.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
     },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Scenario {
     Quic,
+    /// Frames through lanparty-relay vs. a quinn relay: throughput, CPU/frame, added latency.
+    Relay,
+    /// Many clients joining one relay process: handshakes/s, relay RSS per connection.
+    Scale,
 }
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Lab(args) => lanparty_perf::lab::run_command(&args),
         Command::Bench {
+            scenario: Scenario::Relay,
+            quick,
+            repeats,
+            ..
+        } => bench::relay::run(&bench::relay::Options {
+            quick,
+            repeat: if quick {
+                1
+            } else {
+                repeats.unwrap_or(3).max(1)
+            },
+        }),
+        Command::Bench {
+            scenario: Scenario::Scale,
+            quick,
+            clients,
+            ..
+        } => bench::scale::run(&bench::scale::Options {
+            clients,
+            per_room: 10,
+            quick,
+            time_limit: Duration::from_secs(120),
+        }),
+        Command::Bench {
             scenario: Scenario::Quic,
             quick,
             repeats,
             out,
+            ..
         } => {
             bench::quic::run_quic(&bench::quic::QuicOpts::new(quick, repeats, out))?;
             Ok(())

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 pub(crate) mod quic;
 pub(crate) mod quinn_ref;
+pub(crate) mod relay;
+mod relay_ref;
+pub(crate) mod scale;
 pub(crate) mod udp_ref;
 
 /// DATAGRAM send/receive buffer used by every QUIC stack under test (our driver's default).
