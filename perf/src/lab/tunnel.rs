@@ -236,7 +236,8 @@ impl Tunnel {
     /// Kills the relay by its PID (SIGKILL: no goodbye to the peers) and starts it again with
     /// the same state directory, so its certificate, and the pin the peers hold, stay the same.
     /// Returns once the new relay answers `/status`; the peers come back on their own (see
-    /// [`wait_for_room`]).
+    /// [`wait_for_room`]). While the old relay's port is still taken the start is retried for
+    /// up to 5 s (logs `relay-2`, `relay-3`, ... in the lab directory).
     ///
     /// # Errors
     ///
@@ -244,16 +245,29 @@ impl Tunnel {
     /// another certificate.
     pub fn restart_relay(&mut self, relay: &Node, log_dir: &Path) -> Result<(), LabError> {
         self.relay.kill();
-        self.relay_starts += 1;
-        let name = format!("relay-{}", self.relay_starts);
-        let (process, link, pin) = start_relay(
-            &self.bins,
-            relay,
-            &name,
-            &self.state_dir,
-            log_dir,
-            &self.settings,
-        )?;
+        // The kernel may release a dead process's sockets a moment after it is reaped (io_uring
+        // tears its rings down asynchronously), so the port can still be taken: retry briefly.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (process, link, pin) = loop {
+            self.relay_starts += 1;
+            let name = format!("relay-{}", self.relay_starts);
+            match start_relay(
+                &self.bins,
+                relay,
+                &name,
+                &self.state_dir,
+                log_dir,
+                &self.settings,
+            ) {
+                Err(LabError::Program { stderr_tail, .. })
+                    if stderr_tail.contains("Address already in use")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => break other?,
+            }
+        };
         self.relay = process;
         if pin != self.pin {
             return Err(LabError::Failed {
