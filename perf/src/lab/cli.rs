@@ -92,17 +92,17 @@ pub fn run_command(args: &LabArgs) -> anyhow::Result<()> {
     };
     let mut progress = |line: &str| eprintln!("lab: {line}");
     let mut lab = Lab::build(&config, &mut progress, &stop).context("building the lab")?;
-    if !args.direct {
-        if let Err(e) = lab.start_tunnel(&bins, &TunnelSettings::default(), &mut progress) {
-            eprintln!(
-                "lab: the tunnel did not come up; logs: {}",
-                lab.dir().display()
-            );
-            if args.keep {
-                keep_until_ctrl_c(&lab, &stop);
-            }
-            return Err(e).context("starting relay, gateway and clients");
+    if !args.direct
+        && let Err(e) = lab.start_tunnel(&bins, &TunnelSettings::default(), &mut progress)
+    {
+        eprintln!(
+            "lab: the tunnel did not come up; logs: {}",
+            lab.dir().display()
+        );
+        if args.keep {
+            keep_until_ctrl_c(&lab, &stop);
         }
+        return Err(e).context("starting relay, gateway and clients");
     }
     let opts = ReportOptions {
         iperf_secs: args.iperf_secs,

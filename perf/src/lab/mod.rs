@@ -483,15 +483,18 @@ impl Lab {
             // (CHECKSUM_PARTIAL), and packet sockets on the bridge, such as the gateway's, see
             // them unfinished. Frames from a real NIC always carry their checksum, so the LAN
             // hosts compute theirs in software, as a machine on the wire does.
-            if let Err(e) = n.ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]).and_then(|o| {
-                if o.status.success() {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::other(
-                        String::from_utf8_lossy(&o.stderr).trim().to_owned(),
-                    ))
-                }
-            }) {
+            if let Err(e) =
+                n.ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])
+                    .and_then(|o| {
+                        if o.status.success() {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::other(
+                                String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+                            ))
+                        }
+                    })
+            {
                 self.notes.push(format!(
                     "{role}: could not turn off checksum offload on eth0 (ethtool -K eth0 tx \
                      off: {e}); TCP/UDP from the LAN hosts may arrive at tunnelled clients with \
