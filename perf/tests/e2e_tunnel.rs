@@ -6,8 +6,9 @@
 //!
 //! Needs root and dnsmasq; skips clearly without them. The programs are taken from the target
 //! directory this test runs from (`deps/..`), or from `$LANPARTY_BIN_DIR`; when they are missing
-//! the test builds them once with `cargo build -p lanparty-relay -p lanparty-gateway -p
-//! lanparty-client-win` (bounded in time) and skips, saying so, if that fails.
+//! the test builds them once into that directory with `cargo build -p lanparty-relay -p
+//! lanparty-gateway -p lanparty-client-win` (bounded in time) and skips, saying so, if that
+//! fails.
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -60,18 +61,20 @@ fn find_or_build() -> Result<TunnelBinaries, String> {
     if bins.check().is_ok() {
         return Ok(bins);
     }
-    // A cargo running these tests may still hold the build directory's lock; building into a
-    // directory of our own avoids waiting for it.
+    // cargo releases the build directory's lock while tests run, so building into the same
+    // target directory works and reuses what is already compiled.
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("no workspace directory")?;
-    let target = dir.parent().unwrap_or(&dir).join("e2e-programs");
+    let target = dir.parent().ok_or("no target directory")?;
+    let release = dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!(
-        "e2e: the programs are missing in {}; building them into {} (at most {BUILD_TIMEOUT:?})",
+        "e2e: the programs are missing in {}; building them (at most {BUILD_TIMEOUT:?})",
         dir.display(),
-        target.display()
     );
+    let log = target.join("e2e-programs-build.log");
+    let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let mut child = Command::new(cargo)
         .args([
             "build",
@@ -83,11 +86,12 @@ fn find_or_build() -> Result<TunnelBinaries, String> {
             "lanparty-client-win",
             "--target-dir",
         ])
-        .arg(&target)
+        .arg(target)
+        .args(release.then_some("--release"))
         .current_dir(workspace)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log_file)
         .spawn()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     let deadline = Instant::now() + BUILD_TIMEOUT;
@@ -106,10 +110,11 @@ fn find_or_build() -> Result<TunnelBinaries, String> {
     };
     if !status.success() {
         return Err(format!(
-            "`cargo build -p lanparty-relay -p lanparty-gateway -p lanparty-client-win` failed ({status})"
+            "`cargo build -p lanparty-relay -p lanparty-gateway -p lanparty-client-win` failed \
+             ({status}); see {}",
+            log.display()
         ));
     }
-    let bins = TunnelBinaries::in_dir(&target.join("debug"));
     bins.check().map(|()| bins).map_err(|e| e.to_string())
 }
 
@@ -682,7 +687,7 @@ fn a_rogue_dhcp_server_reply_from_a_client_never_reaches_the_lan() {
 #[test]
 fn the_tunnel_lab_report_passes_every_check() {
     let test = "the_tunnel_lab_report_passes_every_check";
-    let Some((_serial, lab)) = tunnel_lab(test, &TunnelSettings::default()) else {
+    let Some((_serial, mut lab)) = tunnel_lab(test, &TunnelSettings::default()) else {
         return;
     };
     let opts = ReportOptions {
@@ -706,5 +711,20 @@ fn the_tunnel_lab_report_passes_every_check() {
                 "{check} for {role} missing: {md}"
             );
         }
+    }
+
+    // Dropping the lab kills every program by PID and removes the namespaces.
+    let pids = lab.tunnel().unwrap().pids();
+    let names = lab.namespace_names();
+    drop(lab);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} survived the lab"
+        );
+    }
+    let left = lanparty_datapath::sys::netns::list_namespaces().unwrap();
+    for name in names {
+        assert!(!left.contains(&name), "{name} survived the lab");
     }
 }

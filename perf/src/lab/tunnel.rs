@@ -326,7 +326,11 @@ pub fn wait_for_room(
 ) -> Result<StatusReport, LabError> {
     let mut last = None;
     wait_until(
-        &format!("room {ROOM} with the gateway and {}", clients.join(", ")),
+        &if clients.is_empty() {
+            format!("the gateway in room {ROOM}")
+        } else {
+            format!("room {ROOM} with the gateway and {}", clients.join(", "))
+        },
         timeout,
         processes,
         || {
