@@ -29,6 +29,7 @@ use lanparty_datapath::budget::{self, Budget};
 use lanparty_datapath::frag::{Fragmenter, Reassembler, ReassemblyConfig};
 use lanparty_datapath::quic::{ClientConfig, ConnId, Event};
 use lanparty_datapath::runner::Runner;
+use lanparty_datapath::wire::overlay;
 
 use crate::msg::{Hello, PeerInfo, Stats, Welcome};
 use crate::peer::{self, PeerControl, PeerEvent};
@@ -126,7 +127,8 @@ impl Uplink {
             config,
             conn: None,
             joined: None,
-            fragmenter: Fragmenter::new(),
+            // The origin is set from the welcome; nothing is sent before it.
+            fragmenter: Fragmenter::new(0),
             frag_buf: BytesMut::with_capacity(64 * 1024),
             frames: VecDeque::new(),
             events: VecDeque::new(),
@@ -259,6 +261,8 @@ impl Uplink {
                     return;
                 };
                 self.joined = Some((budget, usize::from(welcome.max_frame)));
+                self.fragmenter
+                    .set_origin(overlay::origin_of(welcome.peer_id.0));
                 self.session.handle_input(
                     now,
                     Input::Welcome {
@@ -293,7 +297,9 @@ impl Uplink {
                 );
                 self.events.push_back(UplinkEvent::PeerJoined(info));
             }
-            PeerEvent::PeerLeft(_, info) => {
+            PeerEvent::PeerLeft(peer, info) => {
+                self.reassembler
+                    .remove_sender((), overlay::origin_of(peer.0));
                 self.session.handle_input(
                     now,
                     Input::PeersChanged {
@@ -435,9 +441,11 @@ impl Uplink {
                 .driver()
                 .write_control(conn, &PeerControl::encode_disconnect(reason));
         }
+        // QUIC discards unsent stream data on close, so the reason also rides in the
+        // CONNECTION_CLOSE frame, which the relay does see.
+        self.close_conn(now, reason);
         self.session.close();
         self.run_actions(now);
-        self.close_conn(now, reason);
         self.forget();
     }
 

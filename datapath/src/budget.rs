@@ -6,7 +6,7 @@
 //! A room's *budget* is the largest overlay datagram (header included) its members may send:
 //! what `quinn::Connection::max_datagram_size()` reports, fixed for the room before frames flow.
 //! A frame of up to `budget - 1` bytes travels whole ([`Budget::max_whole_frame`]); a larger one
-//! is split into fragments of `budget - 6` frame bytes ([`Budget::fragment_payload`]), at most 15.
+//! is split into fragments of `budget - 8` frame bytes ([`Budget::fragment_payload`]), at most 15.
 //!
 //! # Where the numbers come from
 //!
@@ -32,7 +32,7 @@
 //! under [`Budget::max_whole_frame`] so that only odd traffic pays for fragmentation.
 //!
 //! The smallest budget a room may have, [`MIN_ROOM_BUDGET`], is the one at which a 1518-byte
-//! frame still fits in 15 fragments: `6 + ceil(1518 / 15) = 108`.
+//! frame still fits in 15 fragments: `8 + ceil(1518 / 15) = 110`.
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
@@ -145,7 +145,7 @@ impl Budget {
         self.0 - WHOLE_HEADER_LEN
     }
 
-    /// Frame bytes per fragment (all but the last): the budget minus the 6-byte header.
+    /// Frame bytes per fragment (all but the last): the budget minus the 8-byte header.
     pub const fn fragment_payload(self) -> usize {
         self.0 - FRAGMENT_HEADER_LEN
     }
@@ -442,8 +442,8 @@ mod tests {
         assert_eq!(ETHERNET_IPV4_QUIC_BUDGET, 1434);
         assert_eq!(ETHERNET_IPV6_QUIC_BUDGET, 1414);
         assert_eq!(MAX_LAN_FRAME, 1518);
-        assert_eq!(MIN_ROOM_BUDGET, 108);
-        // 108 is the smallest: one byte less and a full LAN frame needs 16 fragments.
+        assert_eq!(MIN_ROOM_BUDGET, 110);
+        // 110 is the smallest: one byte less and a full LAN frame needs 16 fragments.
         assert!(MAX_LAN_FRAME.div_ceil(MIN_ROOM_BUDGET - FRAGMENT_HEADER_LEN) <= 15);
         assert!(MAX_LAN_FRAME.div_ceil(MIN_ROOM_BUDGET - 1 - FRAGMENT_HEADER_LEN) > 15);
     }
@@ -570,14 +570,14 @@ mod tests {
             Budget::from_max_datagram_size(Some(100)),
             Err(BudgetError::TooSmall {
                 budget: 100,
-                min: 108
+                min: 110
             })
         );
         let b = Budget::from_max_datagram_size(Some(1162)).unwrap();
         assert_eq!(b, Budget::INITIAL_QUIC);
         assert_eq!(b.max_whole_frame(), 1161);
-        assert_eq!(b.fragment_payload(), 1156);
-        assert_eq!(b.max_frame(), 15 * 1156);
+        assert_eq!(b.fragment_payload(), 1154);
+        assert_eq!(b.max_frame(), 15 * 1154);
         assert_eq!(Budget::MIN.max_frame(), 15 * 102);
         assert_eq!(Budget::new(100_000).unwrap().max_frame(), 99_999);
         // 1161 - 14 - 20 - 20 and 1161 - 18 - 40 - 20.

@@ -17,22 +17,36 @@
 //! # Sender: [`Fragmenter`]
 //!
 //! One per sender (per connection). It numbers fragmented frames with a wrapping 16-bit frame
-//! id; whole frames use no id. Datagrams are written into a caller-owned [`BytesMut`] and split
-//! off as [`Bytes`], so in steady state a frame costs no allocation once the buffer's earlier
-//! datagrams have been released.
+//! id and stamps every fragment with the sender's *origin*, the low 16 bits of the peer id the
+//! relay assigned in its welcome ([`overlay::origin_of`]); whole frames use neither. A peer
+//! builds its fragmenter (or calls [`Fragmenter::set_origin`]) when the welcome arrives: no
+//! frame is sent before the welcome, so no fragment ever carries a made-up origin. The relay
+//! drops fragments whose origin is not their sender's.
+//!
+//! Datagrams are written into a caller-owned [`BytesMut`] and split off as [`Bytes`], so in
+//! steady state a frame costs no allocation once the buffer's earlier datagrams have been
+//! released.
 //!
 //! # Receiver: [`Reassembler`]
 //!
-//! Sans-IO, keyed by (source, frame id) where the source key is whatever the caller uses to
-//! name the origin of a frame. Memory is bounded per source and globally; a partial frame costs
-//! its total length plus [`PARTIAL_OVERHEAD`] from its first fragment on. When a new partial
-//! frame would exceed a cap, the oldest partial frames (of that source, then of anyone) are
-//! evicted and counted in [`Counters::dropped_memory`]. A partial frame that is not complete
-//! [`ReassemblyConfig::timeout`] after its first fragment is dropped by
+//! Sans-IO, keyed by (source, origin, frame id). The source is whatever the caller uses to
+//! name the connection a datagram came in on; the origin is the one in the fragment header.
+//! A peer behind the relay receives every other member's fragments, interleaved, on its one
+//! relay connection, and two members may use the same frame id at the same time: the origin
+//! keeps their frames apart. A (source, origin) pair is a *sender*.
+//!
+//! Memory is bounded per sender and globally. The per-sender cap is per origin, not per
+//! source, because at a peer every member's fragments share the one relay connection: a cap
+//! per connection would let one member's stream of unfinished frames evict everyone else's.
+//! A partial frame costs its total length plus [`PARTIAL_OVERHEAD`] from its first fragment
+//! on. When a new partial frame would exceed a cap, the oldest partial frames (of that sender,
+//! then of anyone) are evicted and counted in [`Counters::dropped_memory`]. A partial frame
+//! that is not complete [`ReassemblyConfig::timeout`] after its first fragment is dropped by
 //! [`Reassembler::handle_timeout`] and counted in [`Counters::timed_out`].
 //!
-//! A frame id reused before the previous frame with that id completed or timed out (the
-//! sender wrapped 65 536 fragmented frames within one timeout) can mix two frames; the
+//! A frame id reused before the previous frame with that id and origin completed or timed out
+//! (the sender wrapped 65 536 fragmented frames within one timeout, or two members' origins
+//! collide because their peer ids differ by a multiple of 65 536) can mix two frames; the
 //! consistency checks catch most such mixes and the inner protocols' checksums catch the rest.
 
 use std::collections::hash_map::Entry;
@@ -115,23 +129,37 @@ pub fn datagram_count(frame_len: usize, budget: Budget) -> Result<u8, FragmentEr
 }
 
 /// The sender side: turns frames into overlay datagrams.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Fragmenter {
+    origin: u16,
     next_frame_id: u16,
 }
 
 impl Fragmenter {
-    /// A fragmenter whose first fragmented frame gets id 0.
-    pub const fn new() -> Self {
-        Self::with_first_id(0)
+    /// A fragmenter for the peer whose origin is `origin` (`overlay::origin_of(peer_id)` with
+    /// the `peer_id` of the welcome), whose first fragmented frame gets id 0.
+    pub const fn new(origin: u16) -> Self {
+        Self::with_first_id(origin, 0)
     }
 
-    /// A fragmenter whose first fragmented frame gets `frame_id` (a random start makes ids of
-    /// a reconnected sender unlikely to meet its old partial frames).
-    pub const fn with_first_id(frame_id: u16) -> Self {
+    /// A fragmenter for `origin` whose first fragmented frame gets `frame_id` (a random start
+    /// makes ids of a reconnected sender unlikely to meet its old partial frames).
+    pub const fn with_first_id(origin: u16, frame_id: u16) -> Self {
         Self {
+            origin,
             next_frame_id: frame_id,
         }
+    }
+
+    /// The origin written into every fragment.
+    pub const fn origin(&self) -> u16 {
+        self.origin
+    }
+
+    /// Changes the origin, for a peer that got a new welcome (and so a new peer id) on a new
+    /// connection; frame ids keep counting.
+    pub const fn set_origin(&mut self, origin: u16) {
+        self.origin = origin;
     }
 
     /// The id the next fragmented frame will get.
@@ -176,6 +204,7 @@ impl Fragmenter {
                 buf.reserve(usize::from(count) * FRAGMENT_HEADER_LEN + frame.len());
                 for (index, chunk) in frame.chunks(stride).enumerate() {
                     let header = Header::Fragment {
+                        origin: self.origin,
                         frame_id,
                         // index < count <= 15.
                         index: index as u8,
@@ -200,8 +229,8 @@ impl Fragmenter {
 pub struct ReassemblyConfig {
     /// How long a partial frame may wait for its missing fragments after its first one.
     pub timeout: Duration,
-    /// Most memory the partial frames of one source may hold.
-    pub per_source_bytes: usize,
+    /// Most memory the partial frames of one sender (one origin on one source) may hold.
+    pub per_sender_bytes: usize,
     /// Most memory all partial frames may hold.
     pub total_bytes: usize,
     /// Largest total length accepted; fragments announcing more are malformed.
@@ -210,12 +239,12 @@ pub struct ReassemblyConfig {
 
 impl Default for ReassemblyConfig {
     /// 500 ms (fragments of a frame leave back to back, so only reordering delays them),
-    /// 64 KiB per source (dozens of full-size partial frames), 1 MiB in all, frames up to
+    /// 64 KiB per sender (dozens of full-size partial frames), 1 MiB in all, frames up to
     /// 9216 bytes (the common jumbo-frame limit).
     fn default() -> Self {
         Self {
             timeout: Duration::from_millis(500),
-            per_source_bytes: 64 * 1024,
+            per_sender_bytes: 64 * 1024,
             total_bytes: 1024 * 1024,
             max_frame_len: 9216,
         }
@@ -303,10 +332,13 @@ impl Partial {
     }
 }
 
+/// The partial frame of a sender, (source, origin), with a frame id.
+type Key<K> = ((K, u16), u16);
+
 #[derive(Debug, Default)]
-struct Source {
+struct Sender {
     bytes: usize,
-    /// Frame ids of this source's partial frames, oldest first.
+    /// Frame ids of this sender's partial frames, oldest first.
     frames: VecDeque<u16>,
 }
 
@@ -317,10 +349,10 @@ struct Source {
 #[derive(Debug)]
 pub struct Reassembler<K: Hash + Eq + Copy> {
     config: ReassemblyConfig,
-    partials: HashMap<(K, u16), Partial>,
+    partials: HashMap<Key<K>, Partial>,
     /// Partial frames in creation order (seq), for timeouts and global eviction.
-    order: BTreeMap<u64, (K, u16)>,
-    sources: HashMap<K, Source>,
+    order: BTreeMap<u64, Key<K>>,
+    senders: HashMap<(K, u16), Sender>,
     next_seq: u64,
     memory: usize,
     counters: Counters,
@@ -333,7 +365,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
             config,
             partials: HashMap::new(),
             order: BTreeMap::new(),
-            sources: HashMap::new(),
+            senders: HashMap::new(),
             next_seq: 0,
             memory: 0,
             counters: Counters::default(),
@@ -355,9 +387,10 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         self.memory
     }
 
-    /// Memory charged to partial frames of `source` now.
-    pub fn source_memory(&self, source: K) -> usize {
-        self.sources.get(&source).map_or(0, |s| s.bytes)
+    /// Memory charged now to partial frames of fragments from `origin` that came in on
+    /// `source`.
+    pub fn sender_memory(&self, source: K, origin: u16) -> usize {
+        self.senders.get(&(source, origin)).map_or(0, |s| s.bytes)
     }
 
     /// Partial frames waiting for fragments.
@@ -379,6 +412,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
             }
         };
         let Header::Fragment {
+            origin,
             frame_id,
             index,
             count,
@@ -388,7 +422,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
             return Some(datagram.slice(overlay::WHOLE_HEADER_LEN..));
         };
         let payload = &datagram[FRAGMENT_HEADER_LEN..];
-        let key = (source, frame_id);
+        let key = ((source, origin), frame_id);
 
         let Some(partial) = self.partials.get_mut(&key) else {
             self.start_frame(now, key, index, count, total_len, payload);
@@ -422,7 +456,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
     fn start_frame(
         &mut self,
         now: Instant,
-        key: (K, u16),
+        key: Key<K>,
         index: u8,
         count: u8,
         total_len: u16,
@@ -449,7 +483,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
             return;
         };
         let charge = partial.charge();
-        if charge > self.config.per_source_bytes || charge > self.config.total_bytes {
+        if charge > self.config.per_sender_bytes || charge > self.config.total_bytes {
             self.counters.dropped_memory += 1;
             return;
         }
@@ -459,7 +493,7 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         self.next_seq += 1;
         self.order.insert(partial.seq, key);
         self.partials.insert(key, partial);
-        let src = self.sources.entry(key.0).or_default();
+        let src = self.senders.entry(key.0).or_default();
         src.bytes += charge;
         src.frames.push_back(key.1);
         self.memory += charge;
@@ -489,25 +523,41 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         }
     }
 
-    /// Forgets every partial frame of `source` (for instance when that peer leaves), without
-    /// counting them.
+    /// Forgets every partial frame that came in on `source`, from any origin (for instance
+    /// when that connection closes), without counting them. Walks every partial frame: meant
+    /// for rare events, not per packet.
     pub fn remove_source(&mut self, source: K) {
-        let Some(src) = self.sources.get(&source) else {
+        let keys: Vec<Key<K>> = self
+            .partials
+            .keys()
+            .filter(|((s, _), _)| *s == source)
+            .copied()
+            .collect();
+        for key in keys {
+            self.remove(key);
+        }
+    }
+
+    /// Forgets every partial frame from `origin` on `source` (for instance when the relay
+    /// announces that the peer with that origin left), without counting them.
+    pub fn remove_sender(&mut self, source: K, origin: u16) {
+        let sender = (source, origin);
+        let Some(s) = self.senders.get(&sender) else {
             return;
         };
-        let ids: Vec<u16> = src.frames.iter().copied().collect();
+        let ids: Vec<u16> = s.frames.iter().copied().collect();
         for id in ids {
-            self.remove((source, id));
+            self.remove((sender, id));
         }
     }
 
     /// Evicts oldest partial frames until a new one of `charge` bytes fits both caps.
-    fn make_room(&mut self, source: K, charge: usize) {
+    fn make_room(&mut self, sender: (K, u16), charge: usize) {
         loop {
-            let src = self.sources.get(&source);
-            let over_source = src.is_some_and(|s| s.bytes + charge > self.config.per_source_bytes);
-            let key = if over_source {
-                src.and_then(|s| s.frames.front()).map(|&id| (source, id))
+            let src = self.senders.get(&sender);
+            let over_sender = src.is_some_and(|s| s.bytes + charge > self.config.per_sender_bytes);
+            let key = if over_sender {
+                src.and_then(|s| s.frames.front()).map(|&id| (sender, id))
             } else if self.memory + charge > self.config.total_bytes {
                 self.order.first_key_value().map(|(_, &key)| key)
             } else {
@@ -521,12 +571,12 @@ impl<K: Hash + Eq + Copy> Reassembler<K> {
         }
     }
 
-    fn remove(&mut self, key: (K, u16)) -> Option<Partial> {
+    fn remove(&mut self, key: Key<K>) -> Option<Partial> {
         let partial = self.partials.remove(&key)?;
         self.order.remove(&partial.seq);
         let charge = partial.charge();
         self.memory -= charge;
-        if let Entry::Occupied(mut src) = self.sources.entry(key.0) {
+        if let Entry::Occupied(mut src) = self.senders.entry(key.0) {
             let s = src.get_mut();
             s.bytes -= charge;
             if let Some(pos) = s.frames.iter().position(|&id| id == key.1) {
@@ -562,7 +612,7 @@ mod tests {
 
     #[test]
     fn frame_that_fits_travels_whole() {
-        let mut f = Fragmenter::new();
+        let mut f = Fragmenter::new(7);
         let fr = frame(1161);
         let out = split(&mut f, &fr, Budget::INITIAL_QUIC);
         assert_eq!(out.len(), 1);
@@ -573,22 +623,30 @@ mod tests {
 
     #[test]
     fn large_frame_is_fragmented_with_full_strides() {
-        let mut f = Fragmenter::with_first_id(0xffff);
+        let mut f = Fragmenter::with_first_id(0x0102, 0xffff);
         let fr = frame(1518);
         let out = split(&mut f, &fr, Budget::INITIAL_QUIC);
         assert_eq!(out.len(), 2);
-        assert_eq!(&out[0][..6], &[0x11, 0xff, 0xff, 0x02, 0x05, 0xee]);
+        assert_eq!(
+            &out[0][..8],
+            &[0x11, 0x01, 0x02, 0xff, 0xff, 0x02, 0x05, 0xee]
+        );
         assert_eq!(out[0].len(), 1162);
-        assert_eq!(&out[1][..6], &[0x11, 0xff, 0xff, 0x12, 0x05, 0xee]);
-        assert_eq!(out[1].len(), 6 + 1518 - 1156);
+        assert_eq!(
+            &out[1][..8],
+            &[0x11, 0x01, 0x02, 0xff, 0xff, 0x12, 0x05, 0xee]
+        );
+        assert_eq!(out[1].len(), 8 + 1518 - 1154);
         assert_eq!(f.next_frame_id(), 0, "frame id wraps");
+        f.set_origin(0x0a0b);
+        assert_eq!(f.origin(), 0x0a0b);
         let out = split(&mut f, &fr, Budget::INITIAL_QUIC);
-        assert_eq!(&out[0][1..3], &[0, 0]);
+        assert_eq!(&out[0][1..5], &[0x0a, 0x0b, 0, 0]);
     }
 
     #[test]
     fn too_many_fragments_is_an_error() {
-        let mut f = Fragmenter::new();
+        let mut f = Fragmenter::new(7);
         let mut buf = BytesMut::new();
         let mut emitted = 0;
         let err = f.fragment(&frame(15 * 102 + 1), Budget::MIN, &mut buf, |_| {
@@ -598,7 +656,7 @@ mod tests {
             err,
             Err(FragmentError::TooManyFragments {
                 len: 1531,
-                budget: 108,
+                budget: 110,
                 needed: 16
             })
         );
@@ -609,7 +667,7 @@ mod tests {
 
     #[test]
     fn fragments_in_reverse_order_reassemble() {
-        let mut f = Fragmenter::new();
+        let mut f = Fragmenter::new(7);
         let fr = frame(1518);
         let mut r = Reassembler::new(config());
         let now = Instant::now();
@@ -641,7 +699,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_ignored_and_counted() {
-        let mut f = Fragmenter::new();
+        let mut f = Fragmenter::new(7);
         let mut r = Reassembler::new(config());
         let now = Instant::now();
         let out = split(&mut f, &frame(300), Budget::MIN);
@@ -658,11 +716,11 @@ mod tests {
 
     #[test]
     fn sources_do_not_mix() {
-        let mut f = Fragmenter::new();
+        let mut f = Fragmenter::new(7);
         let mut r = Reassembler::new(config());
         let now = Instant::now();
         let a = split(&mut f, &frame(200), Budget::MIN);
-        let mut g = Fragmenter::new();
+        let mut g = Fragmenter::new(7);
         let b = split(&mut g, &[9u8; 200], Budget::MIN);
         assert_eq!(r.handle_fragment(now, 'a', a[0].clone()), None);
         assert_eq!(r.handle_fragment(now, 'b', b[1].clone()), None);
@@ -676,9 +734,98 @@ mod tests {
         );
     }
 
+    #[test]
+    fn one_frame_id_from_two_origins_on_one_source_does_not_mix() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(config());
+        let mut a = Fragmenter::with_first_id(1, 0x2a00);
+        let mut b = Fragmenter::with_first_id(2, 0x2a00);
+        let fa = frame(300);
+        let fb = vec![0xbbu8; 300];
+        let da = split(&mut a, &fa, Budget::MIN);
+        let db = split(&mut b, &fb, Budget::MIN);
+        assert_eq!(da.len(), 3);
+        assert_eq!(db.len(), 3);
+        let mut done = Vec::new();
+        for (x, y) in da.iter().zip(&db) {
+            done.extend(r.handle_fragment(now, 'r', x.clone()));
+            done.extend(r.handle_fragment(now, 'r', y.clone()));
+        }
+        assert_eq!(done, vec![Bytes::from(fa), Bytes::from(fb)]);
+        assert_eq!(r.counters().malformed, 0);
+        assert_eq!(r.counters().completed, 2);
+    }
+
+    #[test]
+    fn removing_a_source_forgets_all_its_origins() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(config());
+        r.handle_fragment(now, 1u8, frag_from(1, 0, 0, 2, 100, &[0; 60]));
+        r.handle_fragment(now, 1u8, frag_from(2, 0, 0, 2, 100, &[0; 60]));
+        r.handle_fragment(now, 2u8, frag_from(1, 0, 0, 2, 100, &[0; 60]));
+        assert_eq!(r.partial_frames(), 3);
+        r.remove_source(1);
+        assert_eq!(r.partial_frames(), 1);
+        assert_eq!(r.memory(), 100 + PARTIAL_OVERHEAD);
+        assert_eq!(r.sender_memory(2, 1), 100 + PARTIAL_OVERHEAD);
+    }
+
+    #[test]
+    fn removing_a_sender_keeps_the_other_origins_of_its_source() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(config());
+        r.handle_fragment(now, 0u8, frag_from(1, 5, 0, 2, 100, &[0; 60]));
+        r.handle_fragment(now, 0u8, frag_from(2, 5, 0, 2, 100, &[0; 60]));
+        r.remove_sender(0, 1);
+        assert_eq!(r.sender_memory(0, 1), 0);
+        assert_eq!(r.partial_frames(), 1);
+        assert!(
+            r.handle_fragment(now, 0u8, frag_from(2, 5, 1, 2, 100, &[0; 40]))
+                .is_some()
+        );
+        assert_eq!(
+            r.handle_fragment(now, 0u8, frag_from(1, 5, 1, 2, 100, &[0; 40])),
+            None
+        );
+        assert_eq!(r.counters().completed, 1);
+    }
+
+    #[test]
+    fn one_origin_cannot_evict_another_on_the_same_source() {
+        // At a peer, every member's fragments come in on the relay connection.
+        let now = Instant::now();
+        let cost = 100 + PARTIAL_OVERHEAD;
+        let mut r = Reassembler::new(ReassemblyConfig {
+            per_sender_bytes: 2 * cost,
+            ..config()
+        });
+        r.handle_fragment(now, 0u8, frag_from(1, 0, 0, 2, 100, &[0; 60]));
+        for id in 0..10 {
+            r.handle_fragment(now, 0u8, frag_from(2, id, 0, 2, 100, &[0; 60]));
+        }
+        assert_eq!(r.counters().dropped_memory, 8);
+        assert_eq!(r.sender_memory(0, 2), 2 * cost);
+        assert!(
+            r.handle_fragment(now, 0u8, frag_from(1, 0, 1, 2, 100, &[0; 40]))
+                .is_some()
+        );
+    }
+
     fn frag(frame_id: u16, index: u8, count: u8, total_len: u16, payload: &[u8]) -> Bytes {
+        frag_from(7, frame_id, index, count, total_len, payload)
+    }
+
+    fn frag_from(
+        origin: u16,
+        frame_id: u16,
+        index: u8,
+        count: u8,
+        total_len: u16,
+        payload: &[u8],
+    ) -> Bytes {
         let mut d = vec![0; FRAGMENT_HEADER_LEN];
         Header::Fragment {
+            origin,
             frame_id,
             index,
             count,
@@ -772,11 +919,11 @@ mod tests {
     }
 
     #[test]
-    fn per_source_cap_evicts_that_sources_oldest() {
+    fn per_sender_cap_evicts_that_senders_oldest() {
         let now = Instant::now();
         let cost = 100 + PARTIAL_OVERHEAD;
         let mut r = Reassembler::new(ReassemblyConfig {
-            per_source_bytes: 3 * cost,
+            per_sender_bytes: 3 * cost,
             ..config()
         });
         r.handle_fragment(now, 'b', frag(9, 0, 2, 100, &[0; 60]));
@@ -784,8 +931,8 @@ mod tests {
             r.handle_fragment(now, 'a', frag(id, 0, 2, 100, &[0; 60]));
         }
         assert_eq!(r.counters().dropped_memory, 1);
-        assert_eq!(r.source_memory('a'), 3 * cost);
-        assert_eq!(r.source_memory('b'), cost);
+        assert_eq!(r.sender_memory('a', 7), 3 * cost);
+        assert_eq!(r.sender_memory('b', 7), cost);
         // Frame 0 of 'a' was the one evicted; frame 1 still completes.
         assert!(
             r.handle_fragment(now, 'a', frag(1, 1, 2, 100, &[0; 40]))
@@ -814,7 +961,7 @@ mod tests {
         r.handle_fragment(now, 3u8, frag(0, 0, 2, 100, &[0; 60]));
         assert_eq!(r.counters().dropped_memory, 1);
         assert_eq!(r.memory(), 2 * cost);
-        assert_eq!(r.source_memory(1), 0);
+        assert_eq!(r.sender_memory(1, 7), 0);
         // A frame bigger than a cap is refused outright.
         r.handle_fragment(now, 4u8, frag(0, 0, 2, 1000, &[0; 600]));
         assert_eq!(r.counters().dropped_memory, 2);
@@ -843,12 +990,13 @@ mod tests {
         fn fragments_in_any_order_round_trip(
             len in 1usize..=1522,
             budget in MIN_ROOM_BUDGET_FOR_TESTS..=1600usize,
+            origin in any::<u16>(),
             first_id in any::<u16>(),
             order in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
             dup in any::<bool>(),
         ) {
             let fr: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
-            let mut f = Fragmenter::with_first_id(first_id);
+            let mut f = Fragmenter::with_first_id(origin, first_id);
             let mut out = split(&mut f, &fr, Budget::new(budget).unwrap());
             // Shuffle by a seed (Fisher-Yates with a simple LCG).
             let mut seed = order;
@@ -880,9 +1028,9 @@ mod tests {
                     0u64..2000,
                     // Mostly plausible fragment headers, some raw bytes.
                     prop_oneof![
-                        3 => (0u8..3, any::<u8>(), 0u16..1600, 1usize..200).prop_map(
-                            |(id, index_count, total, len)| {
-                                let mut d = vec![0x11, 0, id, index_count];
+                        3 => (0u8..2, 0u8..3, any::<u8>(), 0u16..1600, 1usize..200).prop_map(
+                            |(origin, id, index_count, total, len)| {
+                                let mut d = vec![0x11, 0, origin, 0, id, index_count];
                                 d.extend_from_slice(&total.to_be_bytes());
                                 d.extend((0..len).map(|i| i as u8));
                                 d
@@ -895,7 +1043,7 @@ mod tests {
             ),
         ) {
             let cfg = ReassemblyConfig {
-                per_source_bytes: 1500,
+                per_sender_bytes: 1500,
                 total_bytes: 4000,
                 ..ReassemblyConfig::default()
             };
@@ -907,10 +1055,19 @@ mod tests {
                 if r.poll_timeout().is_some_and(|t| t <= now) {
                     r.handle_timeout(now);
                 }
+                let origin = match Datagram::new_checked(&d[..]).map(|d| d.header()) {
+                    Ok(Header::Fragment { origin, .. }) => Some(origin),
+                    _ => None,
+                };
                 let _ = r.handle_fragment(now, source, Bytes::from(d));
                 prop_assert!(r.memory() <= cfg.total_bytes);
+                if let Some(origin) = origin {
+                    prop_assert!(r.sender_memory(source, origin) <= cfg.per_sender_bytes);
+                }
                 for s in 0..4 {
-                    prop_assert!(r.source_memory(s) <= cfg.per_source_bytes);
+                    for o in 0..2 {
+                        prop_assert!(r.sender_memory(s, o) <= cfg.per_sender_bytes);
+                    }
                 }
             }
             r.handle_timeout(now + cfg.timeout);

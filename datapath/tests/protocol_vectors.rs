@@ -19,8 +19,9 @@ struct Vector {
     header: Option<String>,
     payload: Option<Vec<u8>>,
     error: Option<String>,
-    frame: Option<Vec<u8>>,
+    frames: Vec<Vec<u8>>,
     budget: Option<usize>,
+    origin: Option<u16>,
     frame_id: Option<u16>,
 }
 
@@ -75,19 +76,22 @@ fn parse(fields: Vec<(String, String)>) -> Vector {
             "header" => v.header = Some(value),
             "payload" => v.payload = Some(unhex(&value)),
             "error" => v.error = Some(value),
-            "frame" => v.frame = Some(unhex(&value)),
+            "frame" => v.frames.push(unhex(&value)),
             "budget" => v.budget = Some(value.parse().expect("budget is a number")),
-            "frame_id" => {
-                let hex = value
-                    .strip_prefix("0x")
-                    .expect("frame_id is 0x-prefixed hex");
-                v.frame_id = Some(u16::from_str_radix(hex, 16).expect("frame_id is a u16"));
-            }
+            "origin" => v.origin = Some(hex_u16(&key, &value)),
+            "frame_id" => v.frame_id = Some(hex_u16(&key, &value)),
             other => panic!("unknown vector key {other:?}"),
         }
     }
     assert!(!v.name.is_empty(), "vector without a name: {v:?}");
     v
+}
+
+fn hex_u16(key: &str, value: &str) -> u16 {
+    let hex = value
+        .strip_prefix("0x")
+        .unwrap_or_else(|| panic!("{key} is 0x-prefixed hex"));
+    u16::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("{key} is a u16: {e}"))
 }
 
 /// Reads `key=value` pairs with numbers in decimal or 0x-hex.
@@ -108,6 +112,7 @@ fn parse_header(spec: &str) -> Header {
     }
     assert!(spec.starts_with("fragment "), "unknown header {spec:?}");
     Header::Fragment {
+        origin: field(spec, "origin"),
         frame_id: field(spec, "frame_id"),
         index: field(spec, "index") as u8,
         count: field(spec, "count") as u8,
@@ -150,22 +155,33 @@ fn check_decoding(v: &Vector) {
     }
 }
 
-fn check_reassembly(v: &Vector, frame: &[u8]) {
+/// Feeds the datagrams, in order, to one reassembler as if they all came in on one
+/// connection; they must yield the frames in order, the last one on the last datagram.
+fn check_reassembly(v: &Vector) {
     let mut r = Reassembler::new(ReassemblyConfig::default());
     let now = Instant::now();
-    let (last, first) = v.datagrams.split_last().expect("datagrams");
-    for d in first {
-        let out = r.handle_fragment(now, 0u8, Bytes::copy_from_slice(d));
-        assert_eq!(out, None, "{}: frame completed early", v.name);
+    let mut done = Vec::new();
+    for (i, d) in v.datagrams.iter().enumerate() {
+        if let Some(frame) = r.handle_fragment(now, 0u8, Bytes::copy_from_slice(d)) {
+            done.push((i, frame.to_vec()));
+        }
     }
-    let out = r.handle_fragment(now, 0u8, Bytes::copy_from_slice(last));
-    assert_eq!(out.as_deref(), Some(frame), "{}: reassembled frame", v.name);
-    assert_eq!(r.counters().completed, 1, "{}", v.name);
+    let frames: Vec<_> = done.iter().map(|(_, f)| f.clone()).collect();
+    assert_eq!(frames, v.frames, "{}: reassembled frames", v.name);
+    assert_eq!(
+        done.last().map(|(i, _)| i + 1),
+        Some(v.datagrams.len()),
+        "{}: the last frame completes on the last datagram",
+        v.name
+    );
+    assert_eq!(r.counters().completed, v.frames.len() as u64, "{}", v.name);
+    assert_eq!(r.counters().malformed, 0, "{}", v.name);
 }
 
 fn check_fragmenter(v: &Vector, frame: &[u8], budget: usize) {
+    let origin = v.origin.expect("budget: needs origin:");
     let frame_id = v.frame_id.expect("budget: needs frame_id:");
-    let mut f = Fragmenter::with_first_id(frame_id);
+    let mut f = Fragmenter::with_first_id(origin, frame_id);
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let budget = Budget::new(budget).expect("a valid budget");
@@ -187,17 +203,23 @@ fn overlay_vectors_match_the_code() {
         "only {} overlay vectors in PROTOCOL.md",
         vectors.len()
     );
-    let (mut decoding, mut reassembly, mut fragmenter) = (0, 0, 0);
+    let (mut decoding, mut reassembly, mut fragmenter, mut interleaved) = (0, 0, 0, 0);
     for v in &vectors {
-        match (&v.frame, v.budget) {
-            (None, _) => {
+        match (&v.frames[..], v.budget) {
+            ([], _) => {
                 check_decoding(v);
                 decoding += 1;
             }
-            (Some(frame), budget) => {
-                check_reassembly(v, frame);
+            (frames, budget) => {
+                check_reassembly(v);
                 reassembly += 1;
+                if frames.len() > 1 {
+                    interleaved += 1;
+                }
                 if let Some(budget) = budget {
+                    let [frame] = frames else {
+                        panic!("{}: a fragmenter vector has one frame", v.name);
+                    };
                     check_fragmenter(v, frame, budget);
                     fragmenter += 1;
                 }
@@ -206,6 +228,7 @@ fn overlay_vectors_match_the_code() {
     }
     assert!(decoding >= MIN_VECTORS, "{decoding} decoding vectors");
     assert!(reassembly >= 1 && fragmenter >= 1);
+    assert!(interleaved >= 1, "no vector interleaves two origins");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use lanparty_datapath::Mac;
 use lanparty_datapath::switch::{
     DropReason, GroupBudget, LanFilter, LanVerdict, PeerId, Role, Room, RoomConfig, Verdict,
 };
-use lanparty_datapath::wire::overlay::Header;
+use lanparty_datapath::wire::overlay::{self, Header};
 use proptest::prelude::*;
 
 /// A small pool so that random frames hit client MACs, learned MACs and group addresses.
@@ -51,17 +51,21 @@ fn datagram() -> impl Strategy<Value = Vec<u8>> {
     let header = prop_oneof![
         Just(Header::Whole),
         (
+            prop_oneof![0u16..8, any::<u16>()],
             0u16..4,
             0u8..4,
             2u8..5,
             prop_oneof![Just(100u16), any::<u16>()]
         )
-            .prop_map(|(frame_id, index, count, total_len)| Header::Fragment {
-                frame_id,
-                index: index.min(count - 1),
-                count,
-                total_len,
-            }),
+            .prop_map(
+                |(origin, frame_id, index, count, total_len)| Header::Fragment {
+                    origin,
+                    frame_id,
+                    index: index.min(count - 1),
+                    count,
+                    total_len,
+                }
+            ),
     ];
     prop_oneof![
         8 => (header, frame, 0usize..20).prop_map(|(header, frame, cut)| {
@@ -139,11 +143,17 @@ proptest! {
             match op {
                 Op::Datagram { from, mut bytes, honest } => {
                     let ingress = PeerId(from);
+                    if honest && bytes.first() == Some(&0x11) {
+                        // Most fragments carry their sender's origin.
+                        if let Some(origin) = bytes.get_mut(1..3) {
+                            origin.copy_from_slice(&overlay::origin_of(from).to_be_bytes());
+                        }
+                    }
                     if let (true, Some(Role::Client { mac })) = (honest, room.role(ingress)) {
                         // Most client traffic carries the client's own source MAC.
                         let start = match bytes.first() {
-                            Some(0x10) => 1,
-                            Some(0x11) => 6,
+                            Some(0x10) => overlay::WHOLE_HEADER_LEN,
+                            Some(0x11) => overlay::FRAGMENT_HEADER_LEN,
                             _ => 0,
                         };
                         if let Some(src) = bytes.get_mut(start + 6..start + 12) {
@@ -154,6 +164,12 @@ proptest! {
                     match verdict {
                         Verdict::Forward => {
                             prop_assert!(members.contains(&ingress));
+                            // Every fragment forwarded carries its ingress's origin.
+                            if let Ok(d) = overlay::Datagram::new_checked(&bytes[..])
+                                && let Header::Fragment { origin, .. } = d.header()
+                            {
+                                prop_assert_eq!(origin, overlay::origin_of(from));
+                            }
                             prop_assert!(!out.contains(&ingress));
                             let unique: HashSet<_> = out.iter().copied().collect();
                             prop_assert_eq!(unique.len(), out.len());

@@ -3,8 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use etherparse::PacketBuilder;
 use lanparty_datapath::Mac;
+use lanparty_datapath::budget::Budget;
+use lanparty_datapath::frag::{Fragmenter, Reassembler, ReassemblyConfig, Split};
 use lanparty_datapath::switch::{
     AddPeerError, DropReason, GroupBudget, PeerId, Role, Room, RoomConfig, Verdict,
 };
@@ -140,18 +143,28 @@ fn bootp(op: u8) -> Vec<u8> {
     body
 }
 
-/// Splits `frame` into `count` overlay fragments of frame `id` (fragment 0 first).
-fn fragments(frame: &[u8], id: u16, count: u8) -> Vec<Vec<u8>> {
+/// Splits `frame` into `count` overlay fragments of frame `id` sent by `from` (fragment 0
+/// first).
+fn fragments(from: PeerId, frame: &[u8], id: u16, count: u8) -> Vec<Vec<u8>> {
     let chunk = frame.len().div_ceil(usize::from(count));
     frame
         .chunks(chunk)
         .enumerate()
-        .map(|(index, bytes)| fragment(id, index as u8, count, frame.len() as u16, bytes))
+        .map(|(index, bytes)| fragment(from, id, index as u8, count, frame.len() as u16, bytes))
         .collect()
 }
 
-fn fragment(frame_id: u16, index: u8, count: u8, total_len: u16, bytes: &[u8]) -> Vec<u8> {
+/// One overlay fragment as `from` sends it: with `from`'s origin.
+fn fragment(
+    from: PeerId,
+    frame_id: u16,
+    index: u8,
+    count: u8,
+    total_len: u16,
+    bytes: &[u8],
+) -> Vec<u8> {
     let header = Header::Fragment {
+        origin: overlay::origin_of(from.0),
         frame_id,
         index,
         count,
@@ -371,10 +384,10 @@ fn peer_leaving_removes_its_macs() {
 fn peer_leaving_drops_its_pending_fragment_decisions() {
     let mut lab = Lab::new();
     let frame = eth(MAC_A, MAC_B, EXPERIMENTAL);
-    let frags = fragments(&frame, 9, 2);
+    let frags = fragments(B, &frame, 9, 2);
     assert_eq!(lab.datagram(B, &frags[0]), forward(&[A]));
     // Another frame, fragment 0 from A towards B.
-    let other = fragments(&eth(MAC_B, MAC_A, EXPERIMENTAL), 3, 2);
+    let other = fragments(A, &eth(MAC_B, MAC_A, EXPERIMENTAL), 3, 2);
     assert_eq!(lab.datagram(A, &other[0]), forward(&[B]));
     assert_eq!(lab.room.pending_fragment_decisions(), 2);
 
@@ -694,11 +707,11 @@ fn oversize_frame_dropped() {
     // A fragment announcing a frame larger than the room allows, whatever its own size.
     let small = eth(MAC_B, MAC_A, 0x8137);
     assert_eq!(
-        lab.datagram(A, &fragment(1, 0, 2, 1600, &small)),
+        lab.datagram(A, &fragment(A, 1, 0, 2, 1600, &small)),
         dropped(DropReason::Oversize)
     );
     assert_eq!(
-        lab.datagram(A, &fragment(1, 1, 2, 1600, &[0; 8])),
+        lab.datagram(A, &fragment(A, 1, 1, 2, 1600, &[0; 8])),
         dropped(DropReason::Oversize)
     );
     assert_eq!(lab.drops(DropReason::Oversize), 3);
@@ -724,7 +737,7 @@ fn fragments_follow_fragment_zero() {
     // Unicast, in three fragments.
     let mut big = eth(MAC_B, MAC_A, 0x8137);
     big.resize(1500, 0);
-    let frags = fragments(&big, 41, 3);
+    let frags = fragments(A, &big, 41, 3);
     for frag in &frags {
         assert_eq!(lab.datagram(A, frag), forward(&[B]));
     }
@@ -736,8 +749,8 @@ fn fragments_follow_fragment_zero() {
     // A flood; the same frame id from another peer is another frame.
     let mut bcast = eth(Mac::BROADCAST, LAN_1, 0x8137);
     bcast.resize(1500, 0);
-    let lan_frags = fragments(&bcast, 41, 2);
-    let mut unicast_again = fragments(&big, 41, 2);
+    let lan_frags = fragments(G, &bcast, 41, 2);
+    let mut unicast_again = fragments(A, &big, 41, 2);
     assert_eq!(lab.datagram(G, &lan_frags[0]), forward(&[A, B]));
     assert_eq!(lab.datagram(A, &unicast_again[0]), forward(&[B]));
     assert_eq!(lab.datagram(G, &lan_frags[1]), forward(&[A, B]));
@@ -749,7 +762,7 @@ fn fragments_follow_fragment_zero() {
     // A dropped fragment 0 drops the rest under the same reason.
     let mut spoofed = eth(MAC_B, LAN_2, 0x8137);
     spoofed.resize(1400, 0);
-    let frags = fragments(&spoofed, 42, 2);
+    let frags = fragments(A, &spoofed, 42, 2);
     assert_eq!(
         lab.datagram(A, &frags[0]),
         dropped(DropReason::SpoofedSource)
@@ -767,7 +780,7 @@ fn orphan_fragment_is_dropped() {
     let mut big = eth(MAC_B, MAC_A, 0x8137);
     big.resize(1500, 0);
     // No fragment 0 at all.
-    let frags = fragments(&big, 7, 2);
+    let frags = fragments(A, &big, 7, 2);
     assert_eq!(
         lab.datagram(A, &frags[1]),
         dropped(DropReason::OrphanFragment)
@@ -780,12 +793,12 @@ fn orphan_fragment_is_dropped() {
         dropped(DropReason::OrphanFragment)
     );
     // A fragment whose numbering disagrees with fragment 0's.
-    let frags = fragments(&big, 8, 3);
+    let frags = fragments(A, &big, 8, 3);
     assert_eq!(lab.datagram(A, &frags[0]), forward(&[B]));
-    let liar = fragment(8, 1, 2, 1500, &big[500..]);
+    let liar = fragment(A, 8, 1, 2, 1500, &big[500..]);
     assert_eq!(lab.datagram(A, &liar), dropped(DropReason::OrphanFragment));
     // Every fragment of a frame has passed: a duplicate is an orphan.
-    let frags = fragments(&big, 9, 2);
+    let frags = fragments(A, &big, 9, 2);
     assert_eq!(lab.datagram(A, &frags[0]), forward(&[B]));
     assert_eq!(lab.datagram(A, &frags[1]), forward(&[B]));
     assert_eq!(
@@ -796,6 +809,119 @@ fn orphan_fragment_is_dropped() {
 }
 
 #[test]
+fn fragment_with_foreign_origin_is_dropped() {
+    let mut lab = Lab::new();
+    let mut big = eth(MAC_B, MAC_A, 0x8137);
+    big.resize(1500, 0);
+    let mut as_b = fragments(B, &big, 11, 2);
+    // Fragment 0 claiming to come from B, sent by A.
+    assert_eq!(
+        lab.datagram(A, &as_b[0]),
+        dropped(DropReason::SpoofedOrigin)
+    );
+    assert_eq!(lab.room.pending_fragment_decisions(), 0);
+
+    // A later fragment is checked too: A cannot slip a fragment into the gateway's frame
+    // (same frame id, the gateway's origin), even while that frame's decision is live.
+    let mut bcast = eth(Mac::BROADCAST, LAN_1, 0x8137);
+    bcast.resize(1500, 0);
+    let lan = fragments(G, &bcast, 11, 2);
+    assert_eq!(lab.datagram(G, &lan[0]), forward(&[A, B]));
+    assert_eq!(
+        lab.datagram(A, &as_b.pop().unwrap()),
+        dropped(DropReason::SpoofedOrigin)
+    );
+    let forged = fragment(G, 11, 1, 2, 1500, &[0xee; 750]);
+    assert_eq!(lab.datagram(A, &forged), dropped(DropReason::SpoofedOrigin));
+    assert_eq!(lab.datagram(G, &lan[1]), forward(&[A, B]));
+
+    // A's own origin, and whole frames (which carry none), pass.
+    for frag in fragments(A, &big, 11, 2) {
+        assert_eq!(lab.datagram(A, &frag), forward(&[B]));
+    }
+    assert_eq!(lab.send(A, &eth(MAC_B, MAC_A, EXPERIMENTAL)), forward(&[B]));
+    assert_eq!(lab.drops(DropReason::SpoofedOrigin), 3);
+    assert_eq!(
+        lab.room
+            .peer_stats(A)
+            .unwrap()
+            .drops
+            .get(DropReason::SpoofedOrigin),
+        3
+    );
+    assert_eq!(DropReason::SpoofedOrigin.name(), "spoofed_origin");
+}
+
+#[test]
+fn origin_is_the_low_16_bits_of_the_peer_id() {
+    let mut lab = Lab::new();
+    let far = PeerId(0x5_0004);
+    let far_mac = Mac([0x02, 0, 0, 0, 0, 0x0c]);
+    lab.room
+        .add_peer(far, Role::Client { mac: far_mac })
+        .unwrap();
+    let mut big = eth(MAC_B, far_mac, 0x8137);
+    big.resize(1500, 0);
+    let frags = fragments(far, &big, 3, 2);
+    assert_eq!(&frags[0][1..3], &[0x00, 0x04]);
+    for frag in &frags {
+        assert_eq!(lab.datagram(far, frag), forward(&[B]));
+    }
+    // PeerId(4) would have the same origin, but it is not the sender.
+    assert_eq!(
+        lab.datagram(far, &fragment(PeerId(5), 4, 0, 2, 1500, &big[..750])),
+        dropped(DropReason::SpoofedOrigin)
+    );
+}
+
+#[test]
+fn interleaved_fragments_of_two_senders_reassemble() {
+    // A and the gateway both send B a fragmented frame with frame id 0x2a00 at the same time.
+    // The relay switches fragment by fragment, so B's one relay connection carries them
+    // interleaved; B's reassembler tells them apart by origin.
+    let mut lab = Lab::new();
+    let budget = Budget::new(600).unwrap();
+    let mut from_a = eth(MAC_B, MAC_A, EXPERIMENTAL);
+    from_a.truncate(14);
+    from_a.extend((0..1486).map(|i| i as u8));
+    let mut from_lan = eth(MAC_B, LAN_1, EXPERIMENTAL);
+    from_lan.truncate(14);
+    from_lan.extend((0..1486).map(|i| !(i as u8)));
+    let split = |origin: PeerId, frame: &[u8]| {
+        let mut f = Fragmenter::with_first_id(overlay::origin_of(origin.0), 0x2a00);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let sent = f.fragment(frame, budget, &mut buf, |d| out.push(d));
+        assert_eq!(
+            sent,
+            Ok(Split::Fragments {
+                frame_id: 0x2a00,
+                count: 3
+            })
+        );
+        out
+    };
+    let a = split(A, &from_a);
+    let g = split(G, &from_lan);
+
+    let mut at_b = Reassembler::new(ReassemblyConfig::default());
+    let relay = 0u8; // B's one connection, to the relay
+    let mut done = Vec::new();
+    for (da, dg) in a.iter().zip(&g) {
+        for (from, d) in [(A, da), (G, dg)] {
+            assert_eq!(lab.datagram(from, d), forward(&[B]));
+            done.extend(at_b.handle_fragment(lab.now, relay, d.clone()));
+        }
+    }
+    assert_eq!(done.len(), 2, "both frames complete");
+    assert_eq!(&done[0][..], &from_a[..]);
+    assert_eq!(&done[1][..], &from_lan[..]);
+    let counters = at_b.counters();
+    assert_eq!((counters.malformed, counters.duplicates), (0, 0));
+    assert_eq!(at_b.partial_frames(), 0);
+}
+
+#[test]
 fn fragment_decisions_are_bounded() {
     let mut lab = Lab::with_config(RoomConfig {
         fragment_decisions: 4,
@@ -803,7 +929,7 @@ fn fragment_decisions_are_bounded() {
     });
     let mut big = eth(MAC_B, MAC_A, 0x8137);
     big.resize(1500, 0);
-    let frames: Vec<_> = (0..6u16).map(|id| fragments(&big, id, 2)).collect();
+    let frames: Vec<_> = (0..6u16).map(|id| fragments(A, &big, id, 2)).collect();
     for frags in &frames {
         assert_eq!(lab.datagram(A, &frags[0]), forward(&[B]));
     }
@@ -830,8 +956,8 @@ fn rogue_dhcp_split_across_fragments_is_dropped() {
     // Fragment 0 ends right after the IPv4 header: the UDP ports ride in fragment 1.
     let split = 14 + 20;
     let total = offer.len() as u16;
-    let frag0 = fragment(5, 0, 2, total, &offer[..split]);
-    let frag1 = fragment(5, 1, 2, total, &offer[split..]);
+    let frag0 = fragment(A, 5, 0, 2, total, &offer[..split]);
+    let frag1 = fragment(A, 5, 1, 2, total, &offer[split..]);
     assert_eq!(
         lab.datagram(A, &frag0),
         dropped(DropReason::TruncatedHeaders)
@@ -841,7 +967,7 @@ fn rogue_dhcp_split_across_fragments_is_dropped() {
         dropped(DropReason::TruncatedHeaders)
     );
     // Split after the UDP header and BOOTP op, the filter sees enough and says why.
-    let frag0 = fragment(6, 0, 2, total, &offer[..14 + 20 + 9]);
+    let frag0 = fragment(A, 6, 0, 2, total, &offer[..14 + 20 + 9]);
     assert_eq!(
         lab.datagram(A, &frag0),
         dropped(DropReason::Dhcpv4ServerFromClient)
@@ -849,7 +975,7 @@ fn rogue_dhcp_split_across_fragments_is_dropped() {
     // From the gateway the same split passes: the client filters do not apply.
     let mut from_lan = udp4(Mac::BROADCAST, LAN_1, 67, 68, &bootp(2));
     from_lan.truncate(offer.len());
-    let frag0 = fragment(5, 0, 2, total, &from_lan[..split]);
+    let frag0 = fragment(G, 5, 0, 2, total, &from_lan[..split]);
     assert_eq!(lab.datagram(G, &frag0), forward(&[A, B]));
 }
 
@@ -1071,7 +1197,7 @@ fn extreme_configuration_is_clamped_not_fatal() {
     });
     lab.announce(LAN_1);
     assert!(lab.room.poll_timeout().is_some());
-    let frags = fragments(&eth(MAC_B, MAC_A, EXPERIMENTAL), 1, 2);
+    let frags = fragments(A, &eth(MAC_B, MAC_A, EXPERIMENTAL), 1, 2);
     assert_eq!(lab.datagram(A, &frags[0]), forward(&[B]));
     assert_eq!(lab.datagram(A, &frags[1]), forward(&[B]));
     assert_eq!(

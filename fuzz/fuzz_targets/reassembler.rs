@@ -1,5 +1,6 @@
 //! A reassembler driven by a sequence of datagrams from the input, with a fake clock: it never
-//! panics and never holds more memory than its caps.
+//! panics and never holds more memory than its caps (in all, and for the sender of each
+//! fragment).
 //!
 //! Input: records of `[source, clock step in ms, length, datagram bytes ...]`.
 #![no_main]
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lanparty_datapath::frag::{Reassembler, ReassemblyConfig};
+use lanparty_datapath::wire::overlay::{Datagram, Header};
 use libfuzzer_sys::fuzz_target;
 
 const SOURCES: u8 = 4;
@@ -15,7 +17,7 @@ const SOURCES: u8 = 4;
 fuzz_target!(|data: &[u8]| {
     let config = ReassemblyConfig {
         timeout: Duration::from_millis(500),
-        per_source_bytes: 4096,
+        per_sender_bytes: 4096,
         total_bytes: 10_000,
         max_frame_len: 3000,
     };
@@ -33,12 +35,16 @@ fuzz_target!(|data: &[u8]| {
             assert!(r.poll_timeout().is_none_or(|t| t > now));
         }
         let source = source % SOURCES;
+        let origin = match Datagram::new_checked(datagram).map(|d| d.header()) {
+            Ok(Header::Fragment { origin, .. }) => Some(origin),
+            _ => None,
+        };
         if let Some(frame) = r.handle_fragment(now, source, Bytes::copy_from_slice(datagram)) {
             assert!(!frame.is_empty());
         }
         assert!(r.memory() <= config.total_bytes);
-        for s in 0..SOURCES {
-            assert!(r.source_memory(s) <= config.per_source_bytes);
+        if let Some(origin) = origin {
+            assert!(r.sender_memory(source, origin) <= config.per_sender_bytes);
         }
     }
     r.handle_timeout(now + config.timeout);

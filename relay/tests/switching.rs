@@ -129,7 +129,8 @@ fn a_full_size_frame_crosses_as_fragments_and_reassembles() {
     let frame = ether(mac(2), mac(1), 0x88b5, &payload);
     assert_eq!(frame.len(), 1514);
     let mut fragments = Vec::new();
-    let split = Fragmenter::new()
+    let origin = lanparty_datapath::wire::overlay::origin_of(welcome.peer_id.0);
+    let split = Fragmenter::new(origin)
         .fragment(&frame, budget, &mut BytesMut::new(), |d| fragments.push(d))
         .unwrap();
     assert!(

@@ -16,7 +16,10 @@
 //! leading bytes, in this order:
 //!
 //! 1. the ingress must be a peer of the room (`unknown_ingress`);
-//! 2. the overlay header must parse (`malformed_overlay`); the frame length (a whole frame's
+//! 2. the overlay header must parse (`malformed_overlay`); a fragment's origin must be the low
+//!    16 bits of the ingress peer id (`spoofed_origin`, checked for every fragment, not only
+//!    fragment 0, so that a peer cannot slip fragments into another peer's frames at the
+//!    receivers, who key partial frames by origin); the frame length (a whole frame's
 //!    length, or a fragment's `total_len`) must not exceed [`RoomConfig::max_frame_len`]
 //!    (`oversize`); the Ethernet header must be there (`malformed_ethernet`);
 //! 3. frames to 01:80:c2:00:00:00..=0f are dropped from anyone (`link_local_control`);
@@ -34,9 +37,10 @@
 //!    destination floods. A flood goes to every peer of the room except the ingress.
 //!
 //! Fragments 1.. of the same `(ingress, frame id)` follow the decision made for fragment 0
-//! (forward to the same peer, flood, or drop under the same reason). Decisions sit in a bounded
-//! cache ([`RoomConfig::fragment_decisions`] entries, first in first out) and expire
-//! [`RoomConfig::fragment_decision_ttl`] after fragment 0. A later fragment with no live
+//! (forward to the same peer, flood, or drop under the same reason); every fragment that gets
+//! this far carries its ingress's origin, so the ingress stands for the origin. Decisions sit
+//! in a bounded cache ([`RoomConfig::fragment_decisions`] entries, first in first out) and
+//! expire [`RoomConfig::fragment_decision_ttl`] after fragment 0. A later fragment with no live
 //! decision (fragment 0 lost, reordered after it, expired, evicted, or numbered differently) is
 //! dropped as `orphan_fragment`: the receiver could not reassemble the frame without fragment 0
 //! anyway. A flood decision is applied to the peers present when each fragment arrives; a peer
@@ -88,7 +92,7 @@ pub use stats::{DropCounts, DropReason, PeerStats, RoomStats};
 use crate::Mac;
 use crate::mac::MacError;
 use crate::wire::ethernet::Frame;
-use crate::wire::overlay::{Datagram, Header};
+use crate::wire::overlay::{self, Datagram, Header};
 
 /// Least time between two sweeps of the MAC table.
 const SWEEP_GRANULARITY: Duration = Duration::from_secs(1);
@@ -496,6 +500,7 @@ impl Room {
                 self.decide_frame(now, ingress, frame)
             }
             Header::Fragment {
+                origin,
                 frame_id,
                 index,
                 count,
@@ -503,6 +508,9 @@ impl Room {
             } => {
                 if index == 0 {
                     self.count_frame_in(ingress);
+                }
+                if origin != overlay::origin_of(ingress.0) {
+                    return Decision::Drop(DropReason::SpoofedOrigin);
                 }
                 if usize::from(total_len) > self.config.max_frame_len {
                     return Decision::Drop(DropReason::Oversize);

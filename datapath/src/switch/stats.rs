@@ -53,11 +53,15 @@ pub enum DropReason {
     /// the decision expired or was evicted, its numbering disagrees with fragment 0's, or the
     /// destination peer left.
     OrphanFragment,
+    /// A fragment whose origin field is not the low 16 bits of its sender's peer id: a peer
+    /// tried to pass its fragments off as another's (or has not taken its id from the
+    /// welcome).
+    SpoofedOrigin,
 }
 
 impl DropReason {
     /// Number of reasons; the length of [`DropCounts`]' array.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Every reason, in declaration order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -77,6 +81,7 @@ impl DropReason {
         Self::GroupBudget,
         Self::LocalDestination,
         Self::OrphanFragment,
+        Self::SpoofedOrigin,
     ];
 
     /// Stable snake_case label for metrics.
@@ -98,6 +103,7 @@ impl DropReason {
             Self::GroupBudget => "group_budget",
             Self::LocalDestination => "local_destination",
             Self::OrphanFragment => "orphan_fragment",
+            Self::SpoofedOrigin => "spoofed_origin",
         }
     }
 

@@ -7,21 +7,33 @@
 //! | 0x10   | Ethernet frame (destination MAC first)
 //! +--------+--------------------------------------
 //!
-//! fragment (6 bytes of header):
-//!  0        1        3        4        6
-//! +--------+--------+--------+--------+--------------------
-//! | 0x11   | frame  | index  | total  | fragment bytes
-//! |        | id     | count  | length |
-//! +--------+--------+--------+--------+--------------------
+//! fragment (8 bytes of header):
+//!  0        1        3        5        6        8
+//! +--------+--------+--------+--------+--------+--------------------
+//! | 0x11   | origin | frame  | index  | total  | fragment bytes
+//! |        |        | id     | count  | length |
+//! +--------+--------+--------+--------+--------+--------------------
 //! ```
 //!
 //! Byte 0 holds the format version in its high nibble (1) and the kind in its low nibble
 //! (0 whole frame, 1 fragment). A receiver drops (and counts) datagrams with another version or
-//! an unknown kind. `frame id` is a big-endian counter chosen by the sender of the frame; `index`
-//! (high nibble) and `count` (low nibble) number the fragments of one frame, 0-based, with
-//! `1 <= index < count <= 15` and `count >= 2`; `total length` is the length of the whole frame,
+//! an unknown kind. `origin` is the low 16 bits of the sending peer's id, which the relay
+//! assigns in the welcome; `frame id` is a counter chosen by that sender; both big-endian.
+//! `index` (high nibble) and `count` (low nibble) number the fragments of one frame, 0-based,
+//! with `index < count` and `2 <= count <= 15`; `total length` is the length of the whole frame,
 //! big-endian. Fragment 0 starts with the Ethernet header, so a switch can forward every fragment
 //! of a frame by the decision it made for fragment 0, without reassembling.
+//!
+//! # Why fragments carry their origin
+//!
+//! The relay switches fragments one by one, so a receiver gets the fragments of several
+//! senders interleaved on its one relay connection. Frame ids are per sender: two senders may
+//! use the same id at the same time. The origin tells their fragments apart, so a receiver keys
+//! partial frames by (origin, frame id). The relay drops a fragment whose origin is not its
+//! sender's (`spoofed_origin`), so a peer cannot inject fragments into another's frames. Peer
+//! ids are unique within a room and never reused by a relay, so two members' origins only
+//! collide after 65 536 admissions, and then only if both are still present. Whole frames need
+//! no origin and keep their 1-byte header.
 //!
 //! The format's byte layouts and test vectors are in docs/PROTOCOL.md.
 
@@ -30,7 +42,7 @@ pub const VERSION: u8 = 1;
 /// Header length of a whole-frame datagram.
 pub const WHOLE_HEADER_LEN: usize = 1;
 /// Header length of a fragment datagram.
-pub const FRAGMENT_HEADER_LEN: usize = 6;
+pub const FRAGMENT_HEADER_LEN: usize = 8;
 /// Most fragments one frame may be split into (the count is a nibble).
 pub const MAX_FRAGMENTS: u8 = 15;
 
@@ -41,9 +53,10 @@ mod field {
     use std::ops::Range;
 
     pub(super) const TAG: usize = 0;
-    pub(super) const FRAME_ID: Range<usize> = 1..3;
-    pub(super) const INDEX_COUNT: usize = 3;
-    pub(super) const TOTAL_LEN: Range<usize> = 4..6;
+    pub(super) const ORIGIN: Range<usize> = 1..3;
+    pub(super) const FRAME_ID: Range<usize> = 3..5;
+    pub(super) const INDEX_COUNT: usize = 5;
+    pub(super) const TOTAL_LEN: Range<usize> = 6..8;
 }
 
 /// Why a datagram is not a valid overlay datagram.
@@ -87,9 +100,11 @@ pub enum Error {
 pub enum Header {
     /// The payload is one whole Ethernet frame.
     Whole,
-    /// The payload is fragment `index` of `count` of frame `frame_id`.
+    /// The payload is fragment `index` of `count` of frame `frame_id` from peer `origin`.
     Fragment {
-        /// Sender-chosen frame identifier.
+        /// The low 16 bits of the sending peer's id (see [`origin_of`]).
+        origin: u16,
+        /// Frame identifier chosen by the sender.
         frame_id: u16,
         /// 0-based fragment index.
         index: u8,
@@ -123,12 +138,14 @@ impl Header {
         match *self {
             Self::Whole => buf[field::TAG] = (VERSION << 4) | KIND_WHOLE,
             Self::Fragment {
+                origin,
                 frame_id,
                 index,
                 count,
                 total_len,
             } => {
                 buf[field::TAG] = (VERSION << 4) | KIND_FRAGMENT;
+                buf[field::ORIGIN].copy_from_slice(&origin.to_be_bytes());
                 buf[field::FRAME_ID].copy_from_slice(&frame_id.to_be_bytes());
                 buf[field::INDEX_COUNT] = (index << 4) | (count & 0x0f);
                 buf[field::TOTAL_LEN].copy_from_slice(&total_len.to_be_bytes());
@@ -180,9 +197,11 @@ impl<T: AsRef<[u8]>> Datagram<T> {
                 if count < 2 || index >= count {
                     return Err(Error::BadFragment { index, count });
                 }
+                let origin = &bytes[field::ORIGIN];
                 let id = &bytes[field::FRAME_ID];
                 let len = &bytes[field::TOTAL_LEN];
                 Header::Fragment {
+                    origin: u16::from_be_bytes([origin[0], origin[1]]),
                     frame_id: u16::from_be_bytes([id[0], id[1]]),
                     index,
                     count,
@@ -222,6 +241,13 @@ impl<T: AsRef<[u8]>> Datagram<T> {
     }
 }
 
+/// The origin a peer with id `peer_id` (the `peer_id` of its welcome) writes into its
+/// fragments: the id's low 16 bits.
+pub const fn origin_of(peer_id: u64) -> u16 {
+    // Truncation is the definition.
+    peer_id as u16
+}
+
 /// Writes a whole-frame datagram for `frame` into a new vector.
 pub fn encode_whole(frame: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(WHOLE_HEADER_LEN + frame.len());
@@ -249,14 +275,15 @@ mod tests {
     #[test]
     fn fragment_header_round_trip() {
         let h = Header::Fragment {
+            origin: 0xa0b1,
             frame_id: 0x0102,
             index: 1,
             count: 2,
             total_len: 1514,
         };
-        let mut buf = [0u8; 8];
+        let mut buf = [0u8; 10];
         assert_eq!(h.emit(&mut buf), FRAGMENT_HEADER_LEN);
-        assert_eq!(&buf[..6], &[0x11, 0x01, 0x02, 0x12, 0x05, 0xea]);
+        assert_eq!(&buf[..8], &[0x11, 0xa0, 0xb1, 0x01, 0x02, 0x12, 0x05, 0xea]);
         let d = Datagram::new_checked(&buf[..]).unwrap();
         assert_eq!(d.header(), h);
         assert_eq!(d.payload().len(), 2);
@@ -270,16 +297,19 @@ mod tests {
             (&[0x10], Error::Empty),
             (&[0x20, 0], Error::VersionMismatch { ours: 1, theirs: 2 }),
             (&[0x17, 0], Error::UnknownKind(7)),
-            (&[0x11, 0, 0, 0x12], Error::Truncated { need: 6, have: 4 }),
             (
-                &[0x11, 0, 0, 0x11, 0, 9, 0],
+                &[0x11, 0, 1, 0, 0, 0x12],
+                Error::Truncated { need: 8, have: 6 },
+            ),
+            (
+                &[0x11, 0, 1, 0, 0, 0x11, 0, 9, 0],
                 Error::BadFragment { index: 1, count: 1 },
             ),
             (
-                &[0x11, 0, 0, 0x22, 0, 9, 0],
+                &[0x11, 0, 1, 0, 0, 0x22, 0, 9, 0],
                 Error::BadFragment { index: 2, count: 2 },
             ),
-            (&[0x11, 0, 0, 0x02, 0, 9], Error::Empty),
+            (&[0x11, 0, 1, 0, 0, 0x02, 0, 9], Error::Empty),
         ];
         for (bytes, want) in cases {
             assert_eq!(
@@ -288,6 +318,13 @@ mod tests {
                 "{bytes:02x?}"
             );
         }
+    }
+
+    #[test]
+    fn origin_is_the_low_16_bits_of_the_peer_id() {
+        assert_eq!(origin_of(7), 7);
+        assert_eq!(origin_of(0x1_0007), 7);
+        assert_eq!(origin_of(u64::MAX), 0xffff);
     }
 
     proptest! {

@@ -1,0 +1,361 @@
+//! The gateway's datapath: one thread, one loop, the party LAN's packet ring on one side and the
+//! relay [`Uplink`] on the other.
+//!
+//! Every turn of [`Bridge::turn`]:
+//!
+//! 1. `uplink.receive`: UDP, QUIC, the control stream, reconnect timers.
+//! 2. Uplink events keep the [`LanFilter`]'s set of remote client MACs in step with the room
+//!    (the welcome's peers, joins, leaves; cleared when the link drops) and change the status
+//!    line.
+//! 3. LAN → room: every ready RX block is walked; each frame goes through
+//!    [`LanFilter::decide`], and a forwarded frame is copied once, VLAN tag restored, into a
+//!    reusable buffer and handed to [`Uplink::send_frame`] (MSS clamp, fragmentation). The ring
+//!    is drained completely on every turn, so the io_uring backend's edge-triggered readiness
+//!    report for the ring fd can never be missed; sends are pushed to the UDP backend every
+//!    [`TRANSMIT_EVERY`] frames so a burst does not overflow QUIC's datagram queue.
+//! 4. Room → LAN: every frame from [`Uplink::poll_frame`] goes into a TX ring slot; one
+//!    [`PacketRing::flush`] per turn kicks the kernel for the whole batch.
+//! 5. Every [`STATS_INTERVAL`] the counters go to the relay as a stats message; every
+//!    [`LOG_INTERVAL`] they are logged at info level.
+//! 6. `uplink.transmit`, then sleep until a datagram, the ring fd, a timer, or at most
+//!    [`MAX_WAIT`] (so a shutdown flag set by a signal handler is seen quickly without a waker).
+//!
+//! Nothing here allocates per frame: the LAN copy buffer is reused, received frames are the
+//! uplink's `Bytes`, counters are plain integers owned by the loop.
+//!
+//! # Benchmark hook
+//!
+//! `lanparty-perf bench gateway` can measure frames per second from the LAN ring into QUIC with
+//! this type alone: open a [`PacketRing`] on one end of a veth pair, build an [`Uplink`] to a
+//! relay (or a sink), wrap both with [`Bridge::new`], blast frames into the other veth end and
+//! call [`Bridge::turn`] until [`BridgeCounters::lan_forwarded`] reaches the target; divide by
+//! the elapsed time.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use lanparty_control::msg::{PeerInfo, Role, Stats};
+use lanparty_control::uplink::{Uplink, UplinkEvent};
+use lanparty_datapath::io::Interest;
+use lanparty_datapath::switch::{LanFilter, LanVerdict};
+use lanparty_datapath::sys::afpacket::{PacketRing, TxError};
+
+/// The token the ring fd is watched with.
+pub const RING_TOKEN: u64 = 0x6761_7465;
+/// How often the counters go to the relay.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the counters are logged.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest sleep of one turn: how late a shutdown request may be noticed.
+pub const MAX_WAIT: Duration = Duration::from_millis(200);
+/// Frames forwarded into the room between two pushes to the UDP backend.
+pub const TRANSMIT_EVERY: u32 = 32;
+/// Size of the LAN copy buffer: a jumbo frame with a VLAN tag. Larger frames (GRO super-frames)
+/// are dropped and counted.
+const COPY_BUFFER: usize = 9216 + 4;
+
+/// Counters of the bridge itself; the filter, ring and uplink keep their own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BridgeCounters {
+    /// Frames read from the LAN ring.
+    pub lan_frames: u64,
+    /// LAN frames the uplink accepted for the room.
+    pub lan_forwarded: u64,
+    /// Bytes of those frames.
+    pub lan_forwarded_bytes: u64,
+    /// LAN frames the filter passed but the uplink refused (not joined, too large, QUIC).
+    pub lan_refused: u64,
+    /// LAN frames cut short by the ring or larger than the copy buffer.
+    pub lan_truncated: u64,
+    /// Frames received from the room.
+    pub room_frames: u64,
+    /// Room frames queued on the TX ring.
+    pub room_to_lan: u64,
+    /// Room frames dropped because the TX ring stayed full.
+    pub tx_ring_full: u64,
+    /// Room frames dropped because they exceed the interface MTU.
+    pub tx_too_large: u64,
+    /// Failed TX ring kicks (the frames stay queued for the next one).
+    pub tx_kick_errors: u64,
+}
+
+/// The gateway's datapath loop state. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Bridge {
+    uplink: Uplink,
+    ring: PacketRing,
+    filter: LanFilter,
+    buf: Vec<u8>,
+    counters: BridgeCounters,
+    room: String,
+    status: String,
+    next_stats: Instant,
+    next_log: Instant,
+    kernel_drops: u64,
+}
+
+impl Bridge {
+    /// Ties the ring and the uplink together and asks the uplink's backend to report the ring's
+    /// fd. `room` is only used in status lines.
+    ///
+    /// # Errors
+    ///
+    /// When the backend cannot watch the ring's fd.
+    pub fn new(now: Instant, ring: PacketRing, mut uplink: Uplink, room: &str) -> io::Result<Self> {
+        uplink
+            .runner()
+            .io()
+            .watch_fd(ring.as_raw_fd(), RING_TOKEN, Interest::Readable)?;
+        Ok(Self {
+            uplink,
+            ring,
+            filter: LanFilter::new(),
+            buf: vec![0; COPY_BUFFER],
+            counters: BridgeCounters::default(),
+            room: room.to_owned(),
+            status: String::new(),
+            next_stats: now + STATS_INTERVAL,
+            next_log: now + LOG_INTERVAL,
+            kernel_drops: 0,
+        })
+    }
+
+    /// The uplink.
+    pub fn uplink(&self) -> &Uplink {
+        &self.uplink
+    }
+
+    /// The LAN filter (remote client MACs, forward and drop counts).
+    pub fn filter(&self) -> &LanFilter {
+        &self.filter
+    }
+
+    /// The bridge's own counters.
+    pub fn counters(&self) -> BridgeCounters {
+        self.counters
+    }
+
+    /// The current status line.
+    pub fn status(&self) -> &str {
+        &self.status
+    }
+
+    /// One turn of the loop: everything that is ready, then a sleep of at most `max_wait` (and
+    /// never longer than [`MAX_WAIT`]).
+    ///
+    /// # Errors
+    ///
+    /// When the UDP backend fails (its submit or wait); the caller should exit.
+    pub fn turn(&mut self, max_wait: Duration) -> io::Result<()> {
+        let now = Instant::now();
+        self.step(now)?;
+        let deadline = (now + max_wait.min(MAX_WAIT))
+            .min(self.next_stats)
+            .min(self.next_log);
+        // Every turn drains the ring, so which tokens were reported does not matter.
+        self.uplink.wait(Some(deadline))?;
+        Ok(())
+    }
+
+    /// Everything but the sleep: receive, events, both directions, timers, transmit.
+    ///
+    /// # Errors
+    ///
+    /// When the UDP backend's submit fails.
+    pub fn step(&mut self, now: Instant) -> io::Result<()> {
+        self.uplink.receive(now);
+        while let Some(event) = self.uplink.poll_event() {
+            self.handle_event(event);
+        }
+        self.update_status();
+        self.lan_to_room(now)?;
+        self.room_to_lan();
+        if now >= self.next_stats {
+            self.next_stats = now + STATS_INTERVAL;
+            let stats = self.stats();
+            self.uplink.send_stats(&stats);
+        }
+        if now >= self.next_log {
+            self.next_log = now + LOG_INTERVAL;
+            self.log_counters();
+        }
+        self.uplink.transmit(now)?;
+        Ok(())
+    }
+
+    fn handle_event(&mut self, event: UplinkEvent) {
+        let is_client = |p: &PeerInfo| p.role == Role::Client;
+        match event {
+            UplinkEvent::Joined(welcome) => {
+                self.filter
+                    .set_remotes(welcome.peers.iter().filter(|p| is_client(p)).map(|p| p.mac));
+            }
+            UplinkEvent::PeerJoined(peer) if is_client(&peer) => {
+                tracing::info!(name = %peer.name, mac = %peer.mac, "client joined");
+                self.filter.add_remote(peer.mac);
+            }
+            UplinkEvent::PeerLeft(peer) if is_client(&peer) => {
+                tracing::info!(name = %peer.name, mac = %peer.mac, "client left");
+                self.filter.remove_remote(peer.mac);
+            }
+            UplinkEvent::Left => self.filter.set_remotes([]),
+            UplinkEvent::RelayStats(stats) => tracing::debug!(?stats, "relay counters"),
+            // Status changes are read from the uplink in `update_status`.
+            _ => {}
+        }
+    }
+
+    fn update_status(&mut self) {
+        let status = if self.uplink.is_joined() {
+            let n = self.filter.remote_count();
+            format!(
+                "connected, {n} {} in room {}, bridging {}",
+                if n == 1 { "client" } else { "clients" },
+                self.room,
+                self.ring.ifname()
+            )
+        } else {
+            self.uplink.status().to_owned()
+        };
+        if status != self.status {
+            tracing::info!(target: "lanparty_gateway::status", "{status}");
+            self.status = status;
+        }
+    }
+
+    fn lan_to_room(&mut self, now: Instant) -> io::Result<()> {
+        let mut since_transmit = 0;
+        while let Some(block) = self.ring.next_block() {
+            for frame in block.frames() {
+                self.counters.lan_frames += 1;
+                if self.filter.decide(frame.data()) != LanVerdict::Forward {
+                    continue;
+                }
+                if frame.is_truncated() {
+                    self.counters.lan_truncated += 1;
+                    continue;
+                }
+                let Some(len) = frame.copy_tagged(&mut self.buf) else {
+                    self.counters.lan_truncated += 1;
+                    continue;
+                };
+                if self.uplink.send_frame(&mut self.buf[..len]) {
+                    self.counters.lan_forwarded += 1;
+                    self.counters.lan_forwarded_bytes += len as u64;
+                    since_transmit += 1;
+                    if since_transmit == TRANSMIT_EVERY {
+                        since_transmit = 0;
+                        self.uplink.transmit(now)?;
+                    }
+                } else {
+                    self.counters.lan_refused += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn room_to_lan(&mut self) {
+        while let Some(frame) = self.uplink.poll_frame() {
+            self.counters.room_frames += 1;
+            let mut result = self.ring.send(&frame);
+            if result == Err(TxError::RingFull) {
+                // Kick what is queued and try once more; the kick does not wait.
+                self.kick();
+                result = self.ring.send(&frame);
+            }
+            match result {
+                Ok(()) => self.counters.room_to_lan += 1,
+                Err(TxError::TooLarge { .. }) => self.counters.tx_too_large += 1,
+                Err(_) => self.counters.tx_ring_full += 1,
+            }
+        }
+        self.kick();
+    }
+
+    fn kick(&mut self) {
+        if let Err(e) = self.ring.flush() {
+            if self.counters.tx_kick_errors == 0 {
+                tracing::warn!(interface = self.ring.ifname(), error = %e, "tx ring kick failed");
+            }
+            self.counters.tx_kick_errors += 1;
+        }
+    }
+
+    /// Drops by reason, for the relay's stats and the log.
+    fn drops(&mut self) -> BTreeMap<String, u64> {
+        let mut drops = BTreeMap::new();
+        for (reason, n) in self.filter.drops().iter() {
+            drops.insert(format!("lan_{}", reason.name()), n);
+        }
+        if let Ok(rc) = self.ring.counters() {
+            self.kernel_drops = rc.kernel_drops;
+        }
+        let u = self.uplink.counters();
+        let c = self.counters;
+        for (name, n) in [
+            ("lan_truncated", c.lan_truncated),
+            ("lan_rx_ring_full", self.kernel_drops),
+            ("lan_not_joined", u.dropped_not_joined),
+            ("lan_oversize", u.dropped_oversize),
+            ("lan_send_error", u.dropped_send_error),
+            ("room_tx_ring_full", c.tx_ring_full),
+            ("room_tx_too_large", c.tx_too_large),
+            ("room_reassembly", {
+                let r = self.uplink.reassembly_counters();
+                r.timed_out + r.dropped_memory + r.malformed
+            }),
+        ] {
+            drops.insert(name.to_owned(), n);
+        }
+        drops
+    }
+
+    /// This gateway's counters as a stats message (in = from the relay).
+    pub fn stats(&mut self) -> Stats {
+        let u = self.uplink.counters();
+        Stats {
+            frames_in: u.frames_in,
+            frames_out: u.frames_out,
+            bytes_in: u.bytes_in,
+            bytes_out: u.bytes_out,
+            drops: self.drops(),
+        }
+    }
+
+    /// Logs the counters at info level.
+    pub fn log_counters(&mut self) {
+        let drops = self.drops();
+        let c = self.counters;
+        let drops: Vec<String> = drops
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        tracing::info!(
+            lan_frames = c.lan_frames,
+            lan_to_room = c.lan_forwarded,
+            lan_to_room_bytes = c.lan_forwarded_bytes,
+            room_to_lan = c.room_to_lan,
+            clients = self.filter.remote_count(),
+            drops = %drops.join(" "),
+            "counters"
+        );
+    }
+
+    /// Says goodbye to the relay and pushes the goodbye out; the bridge stops forwarding.
+    ///
+    /// # Errors
+    ///
+    /// When the UDP backend's submit fails.
+    pub fn close(&mut self, reason: &str) -> io::Result<()> {
+        let now = Instant::now();
+        self.uplink.close(now, reason);
+        self.filter.set_remotes([]);
+        self.uplink.transmit(now)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! `lanparty-gateway`: bridges a party LAN's network interface into a softlan room.
+//!
+//! The gateway joins a relay room with role `gateway` and the NIC's own MAC, reads the LAN
+//! through an AF_PACKET TPACKET_V3 RX ring, sends the frames remote players need (to a client's
+//! MAC, broadcast, multicast) into the room, and writes the room's frames onto the LAN through
+//! the TX ring. Everything runs on one thread:
+//!
+//! - [`config`]: flags, config file and join link, combined into a [`GatewayConfig`].
+//! - [`bridge`]: the datapath loop ([`Bridge`]).
+//! - [`sys`]: the signal flag and the interface MAC (the only `unsafe` in this crate).
+//!
+//! [`start`] opens everything in the right order and turns each failure into a one-line error
+//! that says what to do.
+
+pub mod bridge;
+pub mod config;
+#[allow(unsafe_code)]
+pub mod sys;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+pub use bridge::{Bridge, BridgeCounters};
+pub use config::{Cli, ConfigError, FileConfig, GatewayConfig};
+
+use lanparty_control::msg::{Hello, MIN_DATAGRAM_BUDGET, PROTOCOL_VERSION, Role};
+use lanparty_control::session::SessionConfig;
+use lanparty_control::uplink::{Uplink, UplinkConfig};
+use lanparty_datapath::frag::ReassemblyConfig;
+use lanparty_datapath::io;
+use lanparty_datapath::quic::tls::{self, TlsError};
+use lanparty_datapath::quic::{Driver, DriverConfig};
+use lanparty_datapath::runner::Runner;
+use lanparty_datapath::sys::afpacket::{AfPacketError, PacketRing, RingConfig, nic_warnings};
+
+/// Why the gateway could not start. Every message is one line that says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The packet ring could not be opened (no interface, interface down, no CAP_NET_RAW...).
+    #[error(transparent)]
+    Interface(#[from] AfPacketError),
+    /// The interface's MAC could not be read or cannot identify a peer.
+    #[error("interface {ifname}: {reason}")]
+    Mac {
+        /// The interface.
+        ifname: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TLS configuration could not be built (unreadable CA file...).
+    #[error("relay certificate trust: {0}")]
+    Tls(TlsError),
+    /// The relay's name does not resolve.
+    #[error("cannot resolve relay {relay}: {reason} (check the name or use an IP address)")]
+    Resolve {
+        /// The relay as given.
+        relay: String,
+        /// What the resolver said.
+        reason: String,
+    },
+    /// The UDP socket could not be opened or the ring fd not watched.
+    #[error("opening the UDP socket: {0}")]
+    Socket(std::io::Error),
+}
+
+/// Opens the ring on the configured interface, logs NIC warnings, builds the uplink and returns
+/// the bridge, ready to [`Bridge::turn`]. Nothing is sent before the first turn.
+///
+/// The ring and the UDP socket belong to the network namespace of the calling thread (a lab or
+/// benchmark calls this inside `Netns::run_in` and drives the returned bridge from any thread).
+/// This plus [`Bridge::turn`] and [`BridgeCounters::lan_forwarded`] is the hook for
+/// `lanparty-perf bench gateway`: frames per second from the LAN ring into QUIC.
+///
+/// # Errors
+///
+/// See [`StartError`].
+pub fn start(config: &GatewayConfig, now: Instant) -> Result<Bridge, StartError> {
+    let ifname = &config.interface;
+    let ring = PacketRing::open(ifname, &RingConfig::default())?;
+    for warning in nic_warnings(ifname) {
+        tracing::warn!("{warning}");
+    }
+    let mac_err = |reason: String| StartError::Mac {
+        ifname: ifname.clone(),
+        reason,
+    };
+    let mac = sys::interface_mac(ring.as_fd(), ifname).map_err(|e| mac_err(e.to_string()))?;
+    mac.validate_peer().map_err(|e| {
+        mac_err(format!(
+            "{e}; the gateway joins the room with its NIC's own MAC, so bridge an Ethernet \
+             interface"
+        ))
+    })?;
+
+    let client = tls::client_config(&config.trust).map_err(StartError::Tls)?;
+    let relay_text = config.relay_display();
+    let relay =
+        resolve(&config.relay_host, config.relay_port).map_err(|reason| StartError::Resolve {
+            relay: relay_text.clone(),
+            reason,
+        })?;
+    let local: SocketAddr = match relay {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let backend = io::open_best(local).map_err(StartError::Socket)?;
+    tracing::info!(
+        interface = %ifname,
+        %mac,
+        relay = %relay_text,
+        address = %relay,
+        backend = %backend.kind(),
+        "starting gateway"
+    );
+
+    let mut driver_config = DriverConfig::default();
+    driver_config.transport.idle_timeout = config.idle_timeout;
+    // Keep-alives must come well inside the idle timeout, or a quiet room would time out.
+    driver_config.transport.keep_alive = driver_config
+        .transport
+        .keep_alive
+        .min(config.idle_timeout / 3)
+        .max(Duration::from_millis(100));
+    let runner = Runner::new(Driver::new(driver_config, None), backend);
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Gateway,
+        room: config.room.clone(),
+        mac,
+        secret: config.secret.clone(),
+        gateway_token: config.gateway_token.clone(),
+        datagram_budget: MIN_DATAGRAM_BUDGET,
+        name: config.name.clone(),
+    };
+    let session = SessionConfig::new(relay_text, config.room.as_str(), mac, rand::random::<u64>());
+    let uplink = Uplink::new(
+        now,
+        runner,
+        UplinkConfig {
+            relay,
+            server_name: config.relay_host.clone(),
+            client,
+            hello,
+            session,
+            reassembly: ReassemblyConfig::default(),
+            clamp_mss: true,
+        },
+    );
+    Bridge::new(now, ring, uplink, config.room.as_str()).map_err(StartError::Socket)
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let mut addrs = (host, port).to_socket_addrs().map_err(|e| e.to_string())?;
+    addrs.next().ok_or_else(|| "no address found".to_owned())
+}
