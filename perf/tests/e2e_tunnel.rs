@@ -423,48 +423,63 @@ fn ipv6_link_local_works_through_the_tunnel() {
     }
 }
 
+/// Sends `payload` from `from` to `to` (retrying a few times while ARP resolves) and returns
+/// what arrived.
+fn udp_roundtrip(from: &Netns, to_ns: &Netns, to: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    let sender: UdpSocket = from
+        .run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+        .unwrap()
+        .unwrap();
+    let receiver: UdpSocket = to_ns
+        .run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, to.port())))
+        .unwrap()
+        .unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    for _ in 0..6 {
+        sender.send_to(payload, to).unwrap();
+        match receiver.recv_from(&mut buf) {
+            Ok((n, _)) => return Some(buf[..n].to_vec()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("receiving on {to}: {e}"),
+        }
+    }
+    None
+}
+
 #[test]
 fn a_1472_byte_udp_datagram_from_a_1500_mtu_lan_host_arrives_whole() {
     let test = "a_1472_byte_udp_datagram_from_a_1500_mtu_lan_host_arrives_whole";
     let Some((_serial, lab)) = tunnel_lab(test, &TunnelSettings::default()) else {
         return;
     };
-    let (h_ns, _) = host1(&lab);
+    let (h_ns, h_addr) = host1(&lab);
     let mtu = h_ns.ip(&["-o", "link", "show", "dev", "eth0"]).unwrap();
     assert!(mtu.contains("mtu 1500"), "{mtu}");
+    // 1472 bytes of UDP payload make a 1500-byte IP packet and a 1514-byte frame, more than
+    // one QUIC DATAGRAM carries: the tunnel fragments and reassembles it.
     let payload: Vec<u8> = (0..1472u32).map(|i| (i * 7 + 3) as u8).collect();
-    let sender: UdpSocket = h_ns
-        .run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
-        .unwrap()
-        .unwrap();
     for (i, role) in ["c1", "c2"].into_iter().enumerate() {
         let c = lab.node(role).unwrap();
-        let port = 47_300 + i as u16;
-        let receiver: UdpSocket =
-            c.ns.run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
-                .unwrap()
-                .unwrap();
-        receiver
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
+        let port = 47_300 + 2 * i as u16;
         let to = SocketAddr::from((c.lan_addr.unwrap(), port));
-        let mut buf = [0u8; 4096];
-        let mut got = None;
-        // The first datagram may wait for ARP; a few tries, bounded.
-        for _ in 0..6 {
-            sender.send_to(&payload, to).unwrap();
-            match receiver.recv_from(&mut buf) {
-                Ok((n, _)) => {
-                    got = Some(buf[..n].to_vec());
-                    break;
-                }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) => panic!("{role}: {e}"),
-            }
-        }
-        let got = got.unwrap_or_else(|| panic!("{role}: no 1472-byte datagram arrived"));
-        assert_eq!(got.len(), 1472, "{role}");
-        assert!(got == payload, "{role}: the datagram arrived altered");
+        let got = udp_roundtrip(h_ns, &c.ns, to, &payload)
+            .unwrap_or_else(|| panic!("host1 -> {role}: no 1472-byte datagram arrived"));
+        assert_eq!(got.len(), 1472, "host1 -> {role}");
+        assert!(
+            got == payload,
+            "host1 -> {role}: the datagram arrived altered"
+        );
+        // And the other way, from the client's 1500-byte adapter.
+        let to = SocketAddr::from((h_addr, port + 1));
+        let got = udp_roundtrip(&c.ns, h_ns, to, &payload)
+            .unwrap_or_else(|| panic!("{role} -> host1: no 1472-byte datagram arrived"));
+        assert!(
+            got == payload,
+            "{role} -> host1: the datagram arrived altered"
+        );
     }
 }
 
@@ -508,6 +523,35 @@ fn an_ipx_frame_from_a_lan_host_reaches_the_tap_client_byte_for_byte() {
         let got = got.unwrap_or_else(|| panic!("the {label} IPX frame did not reach c1"));
         assert_eq!(got, frame, "the {label} IPX frame arrived altered");
     }
+    // And back: an IPX broadcast from the TAP client reaches host1 unchanged.
+    let mut watch = packet_socket(h_ns, "eth0");
+    let mut send = packet_socket(&c1.ns, CLIENT_ADAPTER);
+    let data = format!("softlan ipx from c1 {}", std::process::id());
+    let mut ipx = vec![0xff, 0xff, 0, 0, 0, 4, 0, 0, 0, 0];
+    ipx.extend_from_slice(&[0xff; 6]);
+    ipx.extend_from_slice(&0x4000u16.to_be_bytes());
+    ipx.extend_from_slice(&[0, 0, 0, 0]);
+    ipx.extend_from_slice(&c_mac);
+    ipx.extend_from_slice(&0x4000u16.to_be_bytes());
+    ipx.extend_from_slice(data.as_bytes());
+    let len = ipx.len() as u16;
+    ipx[2..4].copy_from_slice(&len.to_be_bytes());
+    let frame = ethernet([0xff; 6], c_mac, 0x8137, &ipx);
+    let mut got = None;
+    for _ in 0..3 {
+        send.send(&frame).unwrap();
+        got = receive_frame(&mut watch, Duration::from_secs(1), |f| {
+            contains(f, data.as_bytes())
+        });
+        if got.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        got.as_deref(),
+        Some(&frame[..]),
+        "c1's IPX broadcast reaches host1 unchanged"
+    );
 }
 
 #[test]
@@ -544,9 +588,14 @@ fn clients_and_gateway_come_back_after_a_relay_restart_with_the_same_addresses()
         &pids[1..],
         "gateway and clients kept running"
     );
+    let restarted = Instant::now();
     let status = lab
         .wait_for_room(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("the room comes back: {e}"));
+    eprintln!(
+        "{test}: gateway and clients back in the room {:?} after the restart",
+        restarted.elapsed()
+    );
     assert_eq!(status.room(ROOM).unwrap().peers.len(), 3);
 
     // Traffic resumes, with the same addresses.
