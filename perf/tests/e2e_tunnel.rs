@@ -777,3 +777,90 @@ fn the_tunnel_lab_report_passes_every_check() {
         assert!(!left.contains(&name), "{name} survived the lab");
     }
 }
+
+#[test]
+fn lanparty_perf_lab_runs_the_tunnel_and_prints_a_passing_table() {
+    let test = "lanparty_perf_lab_runs_the_tunnel_and_prints_a_passing_table";
+    if !require_root(test) {
+        return;
+    }
+    if !dnsmasq_installed() {
+        eprintln!("{test}: skipped: dnsmasq is not installed (apt-get install dnsmasq)");
+        return;
+    }
+    let bins = match binaries() {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("{test}: skipped: {why}");
+            return;
+        }
+    };
+    let _serial = serial();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lanparty-perf"))
+        .args(["lab", "--iperf-secs", "0", "--bin-dir"])
+        .arg(bins.relay.parent().unwrap())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("lanparty-perf lab did not finish in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("## softlan lab (tunnel)"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    for row in [
+        "| DHCP address | c1 | pass |",
+        "| DHCP address | c2 | pass |",
+        "| broadcast | host1 -> c2 | pass |",
+        "| IPv6 link-local | c1 -> host1 | pass |",
+    ] {
+        assert!(stdout.contains(row), "{row} missing: {stdout}");
+    }
+    assert!(
+        stderr.contains("c2: joined; DHCP through the tunnel gave 198.18.0."),
+        "{stderr}"
+    );
+    assert!(stderr.contains("lab: torn down"), "{stderr}");
+}
+
+#[test]
+fn lanparty_perf_lab_says_how_to_build_missing_programs() {
+    let test = "lanparty_perf_lab_says_how_to_build_missing_programs";
+    if !require_root(test) {
+        return;
+    }
+    let empty = std::env::temp_dir().join(format!("lplab-e2e-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lanparty-perf"))
+        .args(["lab", "--bin-dir"])
+        .arg(&empty)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&empty).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("lanparty-relay, lanparty-gateway, lanparty-client not found"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cargo build --release --workspace"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--direct"), "{stderr}");
+    // Nothing was built: the check comes before the lab.
+    assert!(!stderr.contains("creating namespaces"), "{stderr}");
+}
