@@ -845,7 +845,25 @@ impl Lab {
             .checks
             .push(match (c.lan_addr, self.dnsmasq.is_some()) {
                 (Some(a), true) => {
-                    Check::pass("DHCP address", role, format!("{a}/24 from dnsmasq"))
+                    // The lease file is dnsmasq's own word that it handed the address out.
+                    let leases = self
+                        .dnsmasq
+                        .as_ref()
+                        .and_then(|d| std::fs::read_to_string(d.lease_file()).ok())
+                        .unwrap_or_default();
+                    let via = match self.variant {
+                        Variant::Direct => "",
+                        Variant::Tunnel => " through the tunnel",
+                    };
+                    if leases.contains(&format!(" {a} ")) {
+                        Check::pass("DHCP address", role, format!("{a}/24 from dnsmasq{via}"))
+                    } else {
+                        Check::fail(
+                            "DHCP address",
+                            role,
+                            format!("{a}/24 is not among dnsmasq's leases"),
+                        )
+                    }
                 }
                 (Some(a), false) => Check::skipped(
                     "DHCP address",
