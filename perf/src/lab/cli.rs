@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::{Lab, LabConfig, ReportOptions, TunnelBinaries, TunnelSettings};
+use super::{
+    Lab, LabConfig, RELAY_METRICS, ReportOptions, TunnelBinaries, TunnelSettings, Variant,
+};
 use anyhow::Context as _;
 
 /// Options of `lanparty-perf lab`.
@@ -59,6 +61,15 @@ fn keep_until_ctrl_c(lab: &Lab, stop: &AtomicBool) {
         println!("  {:<6} ip netns exec {} bash", n.role, n.ns_name());
     }
     println!("Logs, leases and pid files: {}", lab.dir().display());
+    if lab.variant() == Variant::Tunnel
+        && let Ok(relay) = lab.node("relay")
+    {
+        println!(
+            "The relay's rooms and peers: ip netns exec {} lanparty-relay status --metrics {}",
+            relay.ns_name(),
+            RELAY_METRICS
+        );
+    }
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
     }
