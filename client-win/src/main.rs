@@ -1,28 +1,253 @@
 //! `lanparty-client`: puts this machine on a LAN party's Ethernet segment through a relay.
+//!
+//! The main thread resolves the settings, opens the adapter and runs the datapath loop; a small
+//! tokio thread waits for Ctrl-C / SIGTERM and stops the loop through its waker, so the relay
+//! gets a goodbye and the adapter is removed before the process exits.
 
-use clap::Parser;
+use std::process::ExitCode;
 
-/// The softlan client: gives this machine a virtual adapter on a LAN-party room.
-#[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
-struct Args {
-    /// Join link printed by the relay (carries host, port, room and certificate pin).
-    join_link: Option<String>,
-    /// Relay address as HOST:PORT.
-    #[arg(long)]
-    relay: Option<String>,
-    /// Room code.
-    #[arg(long)]
-    room: Option<String>,
-    /// Room secret (prefer the LANPARTY_SECRET environment variable).
-    #[arg(long, env = "LANPARTY_SECRET", hide_env_values = true)]
-    secret: Option<String>,
-    /// Adapter kind: tap or tun on Linux, tap or wintun on Windows.
-    #[arg(long)]
-    adapter: Option<String>,
+use anyhow::Context as _;
+use clap::Parser as _;
+use lanparty_client::config::{Args, ClientConfig};
+use lanparty_control::logging::{self, LogFormat};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match ClientConfig::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lanparty-client: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(config.log_format);
+    match platform::run(config) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lanparty-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("the client's adapter datapath is not built yet; nothing was started")
+/// Prints a status line: plain on stderr, or as a log event in JSON mode.
+fn status_printer(format: LogFormat) -> Box<dyn FnMut(&str) + Send> {
+    match format {
+        LogFormat::Json => Box::new(|line: &str| tracing::info!(status = line, "status")),
+        _ => Box::new(|line: &str| eprintln!("lanparty-client: {line}")),
+    }
+}
+
+/// Runs `on_signal` once when Ctrl-C (or SIGTERM on Unix) arrives, on a small thread of its
+/// own.
+fn on_shutdown_signal<F: FnOnce() + Send + 'static>(on_signal: F) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal thread")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                #[cfg(unix)]
+                {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let Ok(mut term) = signal(SignalKind::terminate()) else {
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                #[cfg(not(unix))]
+                {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            });
+            on_signal();
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+mod platform {
+    use std::process::ExitCode;
+    use std::time::Instant;
+
+    use anyhow::Context as _;
+    use lanparty_client::config::ClientConfig;
+    use lanparty_client::engine::{EngineOptions, Exit};
+    use lanparty_client::linux;
+    use lanparty_client::{run, state};
+    use lanparty_control::uplink::Uplink;
+    use lanparty_datapath::io::open_best;
+    use lanparty_datapath::quic::{Driver, DriverConfig};
+    use lanparty_datapath::runner::Runner;
+
+    pub(super) fn run(config: ClientConfig) -> anyhow::Result<ExitCode> {
+        let state_dir = config.state_dir.clone().unwrap_or_else(state::default_dir);
+        let mac = match config.mac {
+            Some(mac) => mac,
+            None => state::load_or_create_mac(&state_dir).with_context(|| {
+                format!("keeping our MAC in {} (or pass --mac)", state_dir.display())
+            })?,
+        };
+        let relay = run::resolve_relay(&config.relay_host, config.relay_port)
+            .with_context(|| format!("resolving the relay {}", config.relay_display()))?;
+        let uplink_config = run::uplink_config(&config, mac, relay, rand::random())
+            .context("setting up TLS for the relay")?;
+        let backend = open_best(run::bind_addr_for(relay)).context("opening a UDP socket")?;
+        let runner = Runner::new(Driver::new(DriverConfig::default(), None), backend);
+        let uplink = Uplink::new(Instant::now(), runner, uplink_config);
+        let dev = linux::open_adapter(config.adapter, &config.name, mac)
+            .with_context(|| format!("creating the {} adapter", config.adapter.word()))?;
+        tracing::info!(
+            device = dev.name(),
+            adapter = config.adapter.word(),
+            %mac,
+            relay = %relay,
+            "adapter up"
+        );
+        let options = EngineOptions {
+            mac,
+            addressing: config.addressing,
+            hostname: run::dhcp_hostname(config.display_name.as_str()),
+            seed: rand::random(),
+            dhcp_on_l2: true,
+        };
+        let mut client = linux::client_loop(
+            uplink,
+            dev,
+            options,
+            super::status_printer(config.log_format),
+        )
+        .context("starting the client loop")?;
+        let stopper = client.stopper();
+        super::on_shutdown_signal(move || stopper.stop())?;
+        let exit = client.run().context("the client loop failed")?;
+        drop(client);
+        Ok(match exit {
+            Exit::Stopped => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        })
+    }
+}
+
+#[cfg(windows)]
+mod platform {
+    use std::process::ExitCode;
+    use std::time::Instant;
+
+    use anyhow::Context as _;
+    use lanparty_client::adapter::tap::{TapAdapter, TapConfig};
+    use lanparty_client::adapter::wintun::{WintunAdapter, WintunConfig};
+    use lanparty_client::adapter::{AdapterKind, VirtualAdapter};
+    use lanparty_client::config::ClientConfig;
+    use lanparty_client::engine::{EngineOptions, Exit};
+    use lanparty_client::windows;
+    use lanparty_client::winplan::InterfaceId;
+    use lanparty_client::{run, state};
+    use lanparty_control::uplink::Uplink;
+    use lanparty_datapath::io::open_best;
+    use lanparty_datapath::quic::{Driver, DriverConfig};
+    use lanparty_datapath::runner::Runner;
+
+    pub(super) fn run(config: ClientConfig) -> anyhow::Result<ExitCode> {
+        let state_dir = config.state_dir.clone().unwrap_or_else(state::default_dir);
+        // A client that crashed left its interface changes behind: put them back first.
+        if windows::replay_leftover_undo(&state_dir)
+            .with_context(|| format!("replaying the undo file in {}", state_dir.display()))?
+        {
+            tracing::info!("undid the interface changes of a client that did not exit cleanly");
+        }
+        let (adapter, interface): (Box<dyn VirtualAdapter + Send>, InterfaceId) =
+            match config.adapter {
+                AdapterKind::Tap => {
+                    let name = (config.name != lanparty_client::config::DEFAULT_WINDOWS_NAME)
+                        .then(|| config.name.clone());
+                    let tap = TapAdapter::open(&TapConfig { name })?;
+                    let id = InterfaceId {
+                        luid: tap.luid(),
+                        index: tap.index(),
+                    };
+                    (Box::new(tap), id)
+                }
+                _ => {
+                    let wintun = WintunAdapter::open(&WintunConfig {
+                        name: config.name.clone(),
+                        ..WintunConfig::default()
+                    })?;
+                    let id = InterfaceId {
+                        luid: wintun.luid(),
+                        index: wintun.index(),
+                    };
+                    (Box::new(wintun), id)
+                }
+            };
+        // A TAP has its own MAC, which its frames carry; wintun emulates ours.
+        let mac = match (adapter.mac(), config.mac) {
+            (Some(mac), _) => mac,
+            (None, Some(mac)) => mac,
+            (None, None) => state::load_or_create_mac(&state_dir).with_context(|| {
+                format!("keeping our MAC in {} (or pass --mac)", state_dir.display())
+            })?,
+        };
+        let relay = run::resolve_relay(&config.relay_host, config.relay_port)
+            .with_context(|| format!("resolving the relay {}", config.relay_display()))?;
+        let uplink_config = run::uplink_config(&config, mac, relay, rand::random())
+            .context("setting up TLS for the relay")?;
+        let backend = open_best(run::bind_addr_for(relay)).context("opening a UDP socket")?;
+        let runner = Runner::new(Driver::new(DriverConfig::default(), None), backend);
+        let uplink = Uplink::new(Instant::now(), runner, uplink_config);
+        tracing::info!(
+            adapter = adapter.name(),
+            kind = config.adapter.word(),
+            %mac,
+            relay = %relay,
+            "adapter open"
+        );
+        let options = EngineOptions {
+            mac,
+            addressing: config.addressing,
+            hostname: run::dhcp_hostname(config.display_name.as_str()),
+            seed: rand::random(),
+            dhcp_on_l2: false,
+        };
+        let mut client = windows::client_loop(
+            uplink,
+            adapter,
+            interface,
+            state_dir,
+            options,
+            super::status_printer(config.log_format),
+        )
+        .context("starting the client loop")?;
+        let stopper = client.stopper();
+        super::on_shutdown_signal(move || stopper.stop())?;
+        let exit = client.run().context("the client loop failed")?;
+        drop(client);
+        Ok(match exit {
+            Exit::Stopped => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        })
+    }
+}
+
+#[cfg(not(any(target_os = "linux", windows)))]
+mod platform {
+    use std::process::ExitCode;
+
+    use lanparty_client::config::ClientConfig;
+
+    pub(super) fn run(config: ClientConfig) -> anyhow::Result<ExitCode> {
+        let _ = (
+            config,
+            super::status_printer,
+            super::on_shutdown_signal::<fn()>,
+        );
+        anyhow::bail!("lanparty-client runs on Linux and Windows only")
+    }
 }

@@ -5,8 +5,6 @@ mod stats;
 #[allow(unsafe_code)]
 mod sys;
 
-use std::time::Duration;
-
 use clap::{Parser, Subcommand};
 
 /// softlan lab and benchmarks.
@@ -29,6 +27,12 @@ enum Command {
         /// Small counts and short runs (for CI).
         #[arg(long)]
         quick: bool,
+        /// How often each measurement is repeated (default 3, 1 with --quick).
+        #[arg(long)]
+        repeats: Option<usize>,
+        /// Output directory for the Markdown and JSON results (default perf/out/).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -43,33 +47,11 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             scenario: Scenario::Quic,
             quick,
+            repeats,
+            out,
         } => {
-            let secs = if quick { 1 } else { 5 };
-            let workload = bench::Workload {
-                sizes: vec![1400],
-                duration: Duration::from_secs(secs),
-            };
-            let t = bench::quinn_ref::throughput(&workload)?;
-            println!(
-                "quinn reference, 1400 B: {:.0} datagrams/s, {:.2} Gbit/s, send {:.0} ns/dgram, recv {:.0} ns/dgram, {:.0} dgrams per CPU-second, {} sent",
-                t.datagrams_per_sec(),
-                t.gbit_per_sec(),
-                t.send_ns_per_datagram(),
-                t.recv_ns_per_datagram(),
-                t.datagrams_per_cpu_sec(),
-                t.sent,
-            );
-            let count = if quick { 200 } else { 2000 };
-            let mut q = bench::quinn_ref::ping(count, 64)?;
-            let mut u = bench::udp_ref::ping(count, 64)?;
-            println!(
-                "ping 64 B median/p99: quinn {:?}/{:?}, plain UDP {:?}/{:?}",
-                stats::quantile(&mut q, 0.5).unwrap_or_default(),
-                stats::quantile(&mut q, 0.99).unwrap_or_default(),
-                stats::quantile(&mut u, 0.5).unwrap_or_default(),
-                stats::quantile(&mut u, 0.99).unwrap_or_default(),
-            );
-            anyhow::bail!("our own QUIC datapath is not in the benchmark yet")
+            bench::quic::run_quic(&bench::quic::QuicOpts::new(quick, repeats, out))?;
+            Ok(())
         }
     }
 }

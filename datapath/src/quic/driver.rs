@@ -452,6 +452,13 @@ impl Driver {
         self.live
     }
 
+    /// Received DATAGRAMs waiting in the event queue for [`poll_event`](Self::poll_event). At
+    /// [`DriverConfig::max_queued_datagrams`] further ones are dropped, so a loop stops feeding
+    /// received batches well before that and drains events first.
+    pub fn queued_datagram_events(&self) -> usize {
+        self.queued_datagrams
+    }
+
     /// Starts a connection to `server_addr`, verifying the server as `server_name`.
     ///
     /// The driver replaces the transport configuration of `client` with its own tuning for
@@ -902,6 +909,17 @@ impl Driver {
             return None;
         }
         state.conn.datagrams().max_size()
+    }
+
+    /// Bytes of DATAGRAM payload `conn` can queue right now without dropping an older queued
+    /// one, or `None` before the handshake completes or for an unknown connection. A sender that
+    /// must not lose its own datagrams paces itself by this instead of relying on drop-oldest.
+    pub fn datagram_send_space(&mut self, conn: ConnId) -> Option<usize> {
+        let state = self.conns.get_mut(conn.index())?.as_mut()?;
+        if !state.connected || state.closed {
+            return None;
+        }
+        Some(state.conn.datagrams().send_buffer_space())
     }
 
     /// Statistics of `conn`, or `None` if unknown.

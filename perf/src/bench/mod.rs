@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub(crate) mod quic;
 pub(crate) mod quinn_ref;
 pub(crate) mod udp_ref;
 
@@ -27,6 +28,9 @@ pub(crate) struct Throughput {
     pub(crate) wall: Duration,
     pub(crate) send_cpu: Duration,
     pub(crate) recv_cpu: Duration,
+    /// Time each side was runnable but waited for a CPU (the machine was busy elsewhere).
+    pub(crate) send_starved: Duration,
+    pub(crate) recv_starved: Duration,
 }
 
 impl Throughput {
@@ -50,8 +54,27 @@ impl Throughput {
         self.recv_cpu.as_nanos() as f64 / self.received.max(1) as f64
     }
 
+    /// Share of the sending time the sender spent waiting for a CPU, in percent.
+    pub(crate) fn send_starved_pct(&self) -> f64 {
+        100.0 * self.send_starved.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// Share of the sending time the receiver spent waiting for a CPU, in percent.
+    pub(crate) fn recv_starved_pct(&self) -> f64 {
+        100.0 * self.recv_starved.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
+    }
+
     /// Received datagrams per CPU-second of both sides together.
     pub(crate) fn datagrams_per_cpu_sec(&self) -> f64 {
         self.received as f64 / (self.send_cpu + self.recv_cpu).as_secs_f64().max(1e-9)
     }
+}
+
+/// How long the calling thread has been runnable but waiting for a CPU (`/proc/thread-self/
+/// schedstat`, second field); zero where the kernel does not report it.
+pub(crate) fn thread_run_delay() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
 }

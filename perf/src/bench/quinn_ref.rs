@@ -10,7 +10,7 @@ use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
-use super::{Throughput, Workload};
+use super::{Throughput, Workload, thread_run_delay};
 use crate::sys::thread_cpu_time;
 
 const ALPN: &[u8] = b"lanparty-bench";
@@ -63,56 +63,79 @@ pub(crate) fn throughput(workload: &Workload) -> anyhow::Result<Throughput> {
     let (server_cfg, client_cfg) = configs()?;
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
     let duration = workload.duration;
-    let receiver = std::thread::spawn(move || -> anyhow::Result<(u64, u64, Duration)> {
+    let receiver = std::thread::spawn(move || -> anyhow::Result<(u64, u64, Duration, Duration)> {
         let rt = runtime()?;
         rt.block_on(async move {
             let endpoint = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse()?)?;
             addr_tx.send(endpoint.local_addr()?)?;
             let conn = endpoint.accept().await.context("no connection")?.await?;
             let cpu0 = thread_cpu_time();
+            let delay0 = thread_run_delay();
             let (mut n, mut bytes) = (0u64, 0u64);
             // The sender closes the connection when it is done.
             while let Ok(d) = conn.read_datagram().await {
                 n += 1;
                 bytes += d.len() as u64;
             }
-            Ok((n, bytes, thread_cpu_time() - cpu0))
+            Ok((
+                n,
+                bytes,
+                thread_cpu_time() - cpu0,
+                thread_run_delay() - delay0,
+            ))
         })
     });
     let server_addr = addr_rx.recv_timeout(Duration::from_secs(10))?;
     let sizes = workload.sizes.clone();
-    let sender = std::thread::spawn(move || -> anyhow::Result<(u64, Duration, Duration)> {
-        let rt = runtime()?;
-        rt.block_on(async move {
-            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-            endpoint.set_default_client_config(client_cfg);
-            let conn = endpoint.connect(server_addr, "localhost")?.await?;
-            let max = conn.max_datagram_size().context("peer refuses datagrams")?;
-            let payloads: Vec<Bytes> = sizes
-                .iter()
-                .map(|&s| Bytes::from(vec![0xa5u8; s.min(max)]))
-                .collect();
-            let cpu0 = thread_cpu_time();
-            let start = Instant::now();
-            let mut sent = 0u64;
-            while start.elapsed() < duration {
-                for p in &payloads {
-                    conn.send_datagram_wait(p.clone()).await?;
-                    sent += 1;
+    let sender = std::thread::spawn(
+        move || -> anyhow::Result<(u64, Duration, Duration, Duration)> {
+            let rt = runtime()?;
+            rt.block_on(async move {
+                let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+                endpoint.set_default_client_config(client_cfg);
+                let conn = endpoint.connect(server_addr, "localhost")?.await?;
+                // Like our driver, quinn starts at a 1200-byte MTU; give path MTU discovery up to
+                // 2 s to make room for the largest size, so both stacks send the same payloads.
+                let largest = sizes.iter().copied().max().unwrap_or(0);
+                let pmtud = Instant::now();
+                while conn.max_datagram_size().is_some_and(|m| m < largest)
+                    && pmtud.elapsed() < Duration::from_secs(2)
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-            }
-            let wall = start.elapsed();
-            // Let queued datagrams drain before closing.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            conn.close(0u32.into(), b"done");
-            endpoint.wait_idle().await;
-            Ok((sent, thread_cpu_time() - cpu0, wall))
-        })
-    });
-    let (sent, send_cpu, wall) = sender
+                let max = conn.max_datagram_size().context("peer refuses datagrams")?;
+                let payloads: Vec<Bytes> = sizes
+                    .iter()
+                    .map(|&s| Bytes::from(vec![0xa5u8; s.min(max)]))
+                    .collect();
+                let cpu0 = thread_cpu_time();
+                let delay0 = thread_run_delay();
+                let start = Instant::now();
+                let mut sent = 0u64;
+                while start.elapsed() < duration {
+                    for p in &payloads {
+                        conn.send_datagram_wait(p.clone()).await?;
+                        sent += 1;
+                    }
+                }
+                let wall = start.elapsed();
+                // Let queued datagrams drain before closing.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                conn.close(0u32.into(), b"done");
+                endpoint.wait_idle().await;
+                Ok((
+                    sent,
+                    thread_cpu_time() - cpu0,
+                    wall,
+                    thread_run_delay() - delay0,
+                ))
+            })
+        },
+    );
+    let (sent, send_cpu, wall, send_starved) = sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-    let (received, bytes, recv_cpu) = receiver
+    let (received, bytes, recv_cpu, recv_starved) = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     if received == 0 {
@@ -125,6 +148,8 @@ pub(crate) fn throughput(workload: &Workload) -> anyhow::Result<Throughput> {
         wall,
         send_cpu,
         recv_cpu,
+        send_starved,
+        recv_starved,
     })
 }
 

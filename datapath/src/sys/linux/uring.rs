@@ -18,10 +18,15 @@
 //!   watched with multishot `POLL_ADD`; a poll that ends is re-armed.
 //! - **Sleeping**: `io_uring_enter` with `IORING_ENTER_EXT_ARG` and a relative timespec
 //!   (`submit_with_args`), so a deadline costs no timeout SQE.
-//! - **Ring setup**: `SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG` when the kernel has them
-//!   (6.1+), else `COOP_TASKRUN | TASKRUN_FLAG`, else plain. The ring starts disabled
-//!   (`R_DISABLED`) and is enabled by the first call that submits, which makes that thread the
-//!   single issuer: build the backend anywhere, then use and drop it on the datapath thread.
+//! - **Ring setup**: `COOP_TASKRUN | TASKRUN_FLAG` (5.19+), else `SINGLE_ISSUER |
+//!   DEFER_TASKRUN | TASKRUN_FLAG`, else plain. DEFER_TASKRUN was tried first and measured
+//!   worse on loopback (`lanparty-perf bench quic`, kernel 6.18): single-datagram round trips
+//!   were bimodal, 16.6 µs on some connections but 40 µs median with a 3 ms p99 on others,
+//!   against a steady 17.7–18.0 µs with COOP_TASKRUN; and deferred receive completions run
+//!   only when the loop sleeps, so a busy sender reads its ACKs late. The ring starts disabled
+//!   (`R_DISABLED`) and is enabled by the first call that submits (with SINGLE_ISSUER that
+//!   thread becomes the only issuer): build the backend anywhere, then use and drop it on the
+//!   datapath thread.
 //! - **Drop**: cancels every request and waits (bounded) for their completions before the
 //!   memory they point into is freed; if that fails (wrong thread, broken ring) the buffer
 //!   ring and send slots are leaked rather than risk the kernel writing into freed memory.
@@ -149,14 +154,14 @@ type RingFlags = (&'static str, fn(&mut io_uring::Builder));
 fn build_ring(sq_entries: u32) -> io::Result<(IoUring, &'static str)> {
     let cq_entries = sq_entries.saturating_mul(4);
     let attempts: [RingFlags; 3] = [
-        ("single-issuer+defer-taskrun", |b| {
-            b.setup_single_issuer()
-                .setup_defer_taskrun()
+        ("coop-taskrun", |b| {
+            b.setup_coop_taskrun()
                 .setup_taskrun_flag()
                 .setup_r_disabled();
         }),
-        ("coop-taskrun", |b| {
-            b.setup_coop_taskrun()
+        ("single-issuer+defer-taskrun", |b| {
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
                 .setup_taskrun_flag()
                 .setup_r_disabled();
         }),
@@ -517,7 +522,7 @@ impl UringUdp {
         })
     }
 
-    /// Which ring flags the kernel accepted: `single-issuer+defer-taskrun`, `coop-taskrun` or
+    /// Which ring flags the kernel accepted: `coop-taskrun`, `single-issuer+defer-taskrun` or
     /// `plain`.
     pub fn mode(&self) -> &'static str {
         self.mode
