@@ -3,7 +3,7 @@
 //! [`start_tunnel`] starts, in this order and each only once the one before is ready:
 //!
 //! 1. `lanparty-relay` in the relay namespace, listening on [`RELAY_ADDR`]`:4433`, its
-//!    certificate kept in `<lab dir>/relay` and its `/status` on `127.0.0.1:9464` inside that
+//!    certificate kept in `<lab dir>/relay-state` and its `/status` on `127.0.0.1:9464` inside that
 //!    namespace. It is ready once it printed its join link on stdout (the pin is taken from
 //!    there) and `/status` answers.
 //! 2. `lanparty-gateway` in the gw namespace, bridging `lan0` into room [`ROOM`]. It is ready
@@ -16,6 +16,11 @@
 //! The room secret reaches the programs through `LANPARTY_SECRET`, never the command line.
 //! Every wait is bounded; when a program exits or does not get ready in time the error names
 //! the program and quotes the end of its stderr (the full logs stay in the lab directory).
+//!
+//! [`Tunnel::restart_relay`] kills the relay by PID (no goodbye) and starts it again on the same
+//! state directory, so the pin stays valid and the peers can come back on their own; the
+//! gateway and the clients keep running throughout. A client notices a silently dead relay only
+//! through its QUIC idle timeout (30 s), so that recovery takes about half a minute.
 //!
 //! The relay is polled through its own `/status` endpoint from a thread inside the relay
 //! namespace ([`Netns::run_in`]), with [`lanparty_relay::cli::fetch_status`], so the lab reads
