@@ -139,7 +139,7 @@ fn tunnel_lab(test: &str, settings: &TunnelSettings) -> Option<(MutexGuard<'stat
     let stop = AtomicBool::new(false);
     let mut lab = Lab::build(&LabConfig::tunnel(), &mut |_| {}, &stop)
         .unwrap_or_else(|e| panic!("the tunnel lab comes up: {e}"));
-    if let Err(e) = lab.start_tunnel(&bins, settings, &mut |l| eprintln!("{test}: {l}")) {
+    if let Err(e) = lab.start_tunnel_with(&bins, settings, &mut |l| eprintln!("{test}: {l}")) {
         panic!("relay, gateway and clients come up: {e}");
     }
     Some((guard, lab))

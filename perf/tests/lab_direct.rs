@@ -192,7 +192,7 @@ fn tunnel_variant_names_missing_programs_and_how_to_build_them() {
     let empty = lab.dir().join("no-programs");
     std::fs::create_dir_all(&empty).unwrap();
     let err = lab
-        .start_tunnel(
+        .start_tunnel_with(
             &TunnelBinaries::in_dir(&empty),
             &TunnelSettings::default(),
             &mut |_| {},

@@ -104,7 +104,7 @@ pub fn run_command(args: &LabArgs) -> anyhow::Result<()> {
     let mut progress = |line: &str| eprintln!("lab: {line}");
     let mut lab = Lab::build(&config, &mut progress, &stop).context("building the lab")?;
     if !args.direct
-        && let Err(e) = lab.start_tunnel(&bins, &TunnelSettings::default(), &mut progress)
+        && let Err(e) = lab.start_tunnel_with(&bins, &TunnelSettings::default(), &mut progress)
     {
         eprintln!(
             "lab: the tunnel did not come up; logs: {}",

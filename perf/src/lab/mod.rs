@@ -145,6 +145,11 @@ pub enum LabError {
     /// The stop flag was raised (Ctrl-C).
     #[error("interrupted")]
     Interrupted,
+    /// Kept for callers that match on it: the lab used to return it before the tunnel programs
+    /// were wired in. It no longer returns it; a missing program is
+    /// [`ProgramsMissing`](Self::ProgramsMissing).
+    #[error("the tunnel programs are not wired into the lab")]
+    TunnelNotWired,
     /// Tunnel programs are not built.
     #[error(
         "{programs} not found in {}: build them with `{}` (or point --bin-dir at them); \
@@ -711,6 +716,16 @@ impl Lab {
         before != self.processes.len()
     }
 
+    /// Starts the relay, gateway and clients of the tunnelled variant with the default
+    /// [`TunnelSettings`] and no progress lines (see [`start_tunnel_with`](Self::start_tunnel_with)).
+    ///
+    /// # Errors
+    ///
+    /// As [`start_tunnel_with`](Self::start_tunnel_with).
+    pub fn start_tunnel(&mut self, bins: &TunnelBinaries) -> Result<(), LabError> {
+        self.start_tunnel_with(bins, &TunnelSettings::default(), &mut |_| {})
+    }
+
     /// Starts the relay, gateway and clients of the tunnelled variant through [`start_tunnel`]
     /// and keeps them (killed by PID on drop); points each client's `lan_if` at
     /// [`CLIENT_ADAPTER`] and records the address it got by DHCP through the tunnel as its
@@ -719,7 +734,7 @@ impl Lab {
     /// # Errors
     ///
     /// Those of [`start_tunnel`]; [`LabError::Failed`] when the tunnel already runs.
-    pub fn start_tunnel(
+    pub fn start_tunnel_with(
         &mut self,
         bins: &TunnelBinaries,
         settings: &TunnelSettings,
