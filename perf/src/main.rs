@@ -39,6 +39,7 @@ enum Command {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Scenario {
     Quic,
+    Gateway,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +52,16 @@ fn main() -> anyhow::Result<()> {
             out,
         } => {
             bench::quic::run_quic(&bench::quic::QuicOpts::new(quick, repeats, out))?;
+            Ok(())
+        }
+        Command::Bench {
+            scenario: Scenario::Gateway,
+            quick,
+            repeats,
+            out,
+        } => {
+            let opts = bench::gateway::GatewayOpts::new(quick, repeats, out);
+            bench::gateway::run_gateway(&opts)?;
             Ok(())
         }
     }
