@@ -117,6 +117,10 @@ enum Path {
     Ring,
     /// `PacketSocket`: recvmmsg, one send per frame (baseline).
     Socket,
+    /// A bare RX ring: wait, filter, copy; no QUIC (LAN → room only).
+    RingRx,
+    /// A bare `PacketSocket`: wait, recvmmsg, filter, copy; no QUIC (LAN → room only).
+    SocketRx,
 }
 
 impl Path {
@@ -124,7 +128,13 @@ impl Path {
         match self {
             Self::Ring => "ring (Bridge)",
             Self::Socket => "recvmmsg socket (baseline)",
+            Self::RingRx => "ring, receive + filter only",
+            Self::SocketRx => "recvmmsg socket, receive + filter only (baseline)",
         }
+    }
+
+    fn is_rx_only(self) -> bool {
+        matches!(self, Self::RingRx | Self::SocketRx)
     }
 }
 
@@ -285,8 +295,15 @@ pub(crate) fn run_gateway(opts: &GatewayOpts) -> anyhow::Result<Option<GatewayRe
         format!("bench{room_seq}")
     };
     for &size in &SIZES {
-        for dir in [Dir::LanToRoom, Dir::RoomToLan] {
-            for path in [Path::Ring, Path::Socket] {
+        for (dir, path) in [
+            (Dir::LanToRoom, Path::Ring),
+            (Dir::LanToRoom, Path::Socket),
+            (Dir::LanToRoom, Path::RingRx),
+            (Dir::LanToRoom, Path::SocketRx),
+            (Dir::RoomToLan, Path::Ring),
+            (Dir::RoomToLan, Path::Socket),
+        ] {
+            {
                 let mut runs = Vec::new();
                 for _ in 0..opts.repeats {
                     runs.push(lab.measure(&room(), path, dir, size, duration, None)?);
@@ -378,13 +395,22 @@ fn targets(rows: &[Row]) -> anyhow::Result<Vec<Target>> {
     };
     let mut targets = Vec::new();
     for &size in &SIZES {
-        for dir in [Dir::LanToRoom, Dir::RoomToLan] {
-            let ring = find(Path::Ring, dir, size, false)?;
-            let base = find(Path::Socket, dir, size, false)?;
+        for (dir, ring, base, what) in [
+            (Dir::LanToRoom, Path::Ring, Path::Socket, "with QUIC"),
+            (
+                Dir::LanToRoom,
+                Path::RingRx,
+                Path::SocketRx,
+                "receive + filter only",
+            ),
+            (Dir::RoomToLan, Path::Ring, Path::Socket, "with QUIC"),
+        ] {
+            let ring = find(ring, dir, size, false)?;
+            let base = find(base, dir, size, false)?;
             let ratio = ring.frames_per_cpu_sec.median / base.frames_per_cpu_sec.median.max(1e-9);
             targets.push(Target {
                 name: format!(
-                    "ring frames per CPU-second vs recvmmsg socket, {} {size} B (ratio)",
+                    "ring frames per CPU-second vs recvmmsg socket, {} {size} B, {what} (ratio)",
                     dir.name()
                 ),
                 measured: ratio,
@@ -441,7 +467,11 @@ fn markdown(r: &GatewayReport) -> String {
             row.ns_per_frame.show(0),
             row.frames_per_cpu_sec.show(0),
             row.loss_pct.show(2),
-            row.e2e_loss_pct.show(2),
+            if row.path.is_rx_only() {
+                "–".to_owned()
+            } else {
+                row.e2e_loss_pct.show(2)
+            },
         );
     }
     let _ = writeln!(s, "\n| target | measured | required | met |");
@@ -608,6 +638,18 @@ impl Lab {
                     .run_in(move || lanparty_gateway::start(&config, Instant::now()))??;
                 Ok(Gw::Ring(Box::new(bridge)))
             }
+            Path::RingRx => {
+                let ring = self
+                    .nic
+                    .run_in(|| PacketRing::open(NIC_IF, &RingConfig::default()))??;
+                Ok(Gw::RingRx(Box::new(RxOnly::new(ring))))
+            }
+            Path::SocketRx => {
+                let sock = self
+                    .nic
+                    .run_in(|| PacketSocket::open(NIC_IF, &SocketConfig::default()))??;
+                Ok(Gw::SocketRx(Box::new(RxOnly::new(sock))))
+            }
             Path::Socket => {
                 let sock = self
                     .nic
@@ -698,6 +740,8 @@ struct Counts {
 enum Gw {
     Ring(Box<Bridge>),
     Socket(Box<SocketGateway>),
+    RingRx(Box<RxOnly<PacketRing>>),
+    SocketRx(Box<RxOnly<PacketSocket>>),
 }
 
 impl Gw {
@@ -705,6 +749,8 @@ impl Gw {
         match self {
             Self::Ring(b) => b.turn(Duration::from_millis(1))?,
             Self::Socket(s) => s.turn()?,
+            Self::RingRx(r) => r.turn_ring()?,
+            Self::SocketRx(r) => r.turn_socket()?,
         }
         Ok(())
     }
@@ -716,6 +762,7 @@ impl Gw {
                 s.uplink.close(Instant::now(), "benchmark run done");
                 s.uplink.transmit(Instant::now())?;
             }
+            Self::RingRx(_) | Self::SocketRx(_) => {}
         }
         Ok(())
     }
@@ -724,6 +771,8 @@ impl Gw {
         match self {
             Self::Ring(b) => b.filter().remote_count(),
             Self::Socket(s) => s.filter.remote_count(),
+            Self::RingRx(r) => r.filter.remote_count(),
+            Self::SocketRx(r) => r.filter.remote_count(),
         }
     }
 
@@ -737,7 +786,68 @@ impl Gw {
                 }
             }
             Self::Socket(s) => s.counts,
+            Self::RingRx(r) => r.counts,
+            Self::SocketRx(r) => r.counts,
         }
+    }
+}
+
+/// The receive half alone: wait for the fd, read every frame, filter, copy the forwarded
+/// ones; nothing goes to QUIC. The player's MAC is set as the filter's remote by hand.
+struct RxOnly<T> {
+    io: T,
+    filter: LanFilter,
+    buf: Vec<u8>,
+    counts: Counts,
+}
+
+impl<T> RxOnly<T> {
+    fn new(io: T) -> Self {
+        let mut filter = LanFilter::new();
+        filter.add_remote(CLIENT);
+        Self {
+            io,
+            filter,
+            buf: vec![0; 9220],
+            counts: Counts::default(),
+        }
+    }
+}
+
+impl RxOnly<PacketRing> {
+    fn turn_ring(&mut self) -> std::io::Result<()> {
+        self.io.wait_rx(Duration::from_millis(1))?;
+        while let Some(block) = self.io.next_block() {
+            for frame in block.frames() {
+                if self.filter.decide(frame.data()) != LanVerdict::Forward {
+                    continue;
+                }
+                if let Some(len) = frame.copy_tagged(&mut self.buf) {
+                    std::hint::black_box(&self.buf[..len]);
+                    self.counts.lan_forwarded += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RxOnly<PacketSocket> {
+    fn turn_socket(&mut self) -> std::io::Result<()> {
+        self.io.wait_rx(Duration::from_millis(1))?;
+        while self.io.recv_batch()? > 0 {
+            for frame in self.io.frames() {
+                if self.filter.decide(frame) != LanVerdict::Forward {
+                    continue;
+                }
+                if let Some(buf) = self.buf.get_mut(..frame.len()) {
+                    buf.copy_from_slice(frame);
+                    std::hint::black_box(&*buf);
+                    self.counts.lan_forwarded += 1;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
