@@ -80,6 +80,7 @@ use lanparty_gateway::{Bridge, GatewayConfig};
 use serde::Serialize;
 
 use super::quic::Target;
+use super::thread_run_delay;
 use crate::sys::thread_cpu_time;
 
 /// The LAN host's MAC (sender end of the veth).
@@ -181,6 +182,8 @@ struct Sample {
     delivered: u64,
     wall_secs: f64,
     gw_cpu_secs: f64,
+    /// Time the gateway thread was runnable but waited for a CPU.
+    gw_starved_secs: f64,
 }
 
 impl Sample {
@@ -198,6 +201,9 @@ impl Sample {
     }
     fn loss_pct(&self) -> f64 {
         100.0 * self.reached.saturating_sub(self.moved) as f64 / self.reached.max(1) as f64
+    }
+    fn gw_starved_pct(&self) -> f64 {
+        100.0 * self.gw_starved_secs / self.wall_secs.max(1e-9)
     }
     fn e2e_loss_pct(&self) -> f64 {
         100.0 * self.sent.saturating_sub(self.delivered) as f64 / self.sent.max(1) as f64
@@ -257,6 +263,8 @@ struct Row {
     loss_pct: Spread,
     /// Sent but not delivered at the far end, percent.
     e2e_loss_pct: Spread,
+    /// Share of the run the gateway thread waited for a CPU, percent.
+    gw_starved_pct: Spread,
     sent: u64,
     moved: u64,
     delivered: u64,
@@ -276,6 +284,7 @@ impl Row {
             frames_per_cpu_sec: s(Sample::frames_per_cpu_sec),
             loss_pct: s(Sample::loss_pct),
             e2e_loss_pct: s(Sample::e2e_loss_pct),
+            gw_starved_pct: s(Sample::gw_starved_pct),
             sent: runs.iter().map(|r| r.sent).sum(),
             moved: runs.iter().map(|r| r.moved).sum(),
             delivered: runs.iter().map(|r| r.delivered).sum(),
@@ -474,13 +483,13 @@ fn markdown(r: &GatewayReport) -> String {
     );
     let _ = writeln!(
         s,
-        "| path | direction | frame | sending | offered/s | frames/s | CPU ns/frame | frames/CPU-s | loss % | e2e loss % |"
+        "| path | direction | frame | sending | offered/s | frames/s | CPU ns/frame | frames/CPU-s | loss % | e2e loss % | gw waited for CPU % |"
     );
-    let _ = writeln!(s, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in &r.rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} B | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} B | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.path.name(),
             row.dir.name(),
             row.size,
@@ -496,6 +505,7 @@ fn markdown(r: &GatewayReport) -> String {
             } else {
                 row.e2e_loss_pct.show(2)
             },
+            row.gw_starved_pct.show(0),
         );
     }
     let _ = writeln!(s, "\n| target | measured | required | met |");
@@ -600,17 +610,19 @@ impl Lab {
         let gw_thread = {
             let (stop, go) = (Arc::clone(&stop), Arc::clone(&go));
             thread::Builder::new().name("bench-gateway".into()).spawn(
-                move || -> anyhow::Result<(Gw, Counts, Counts, Duration)> {
+                move || -> anyhow::Result<(Gw, Counts, Counts, Duration, Duration)> {
                     while !go.load(Ordering::Acquire) {
                         gw.turn()?;
                     }
-                    let (before, cpu0) = (gw.counts(), thread_cpu_time());
+                    let (before, cpu0, delay0) =
+                        (gw.counts(), thread_cpu_time(), thread_run_delay());
                     while !stop.load(Ordering::Acquire) {
                         gw.turn()?;
                     }
                     let cpu = thread_cpu_time() - cpu0;
+                    let starved = thread_run_delay().saturating_sub(delay0);
                     let after = gw.counts();
-                    Ok((gw, before, after, cpu))
+                    Ok((gw, before, after, cpu, starved))
                 },
             )?
         };
@@ -623,7 +635,7 @@ impl Lab {
             .join()
             .map_err(|_| anyhow::anyhow!("the gateway thread panicked"))?;
         let (sent, delivered, wall) = result?;
-        let (mut gw, before, after, cpu) = joined?;
+        let (mut gw, before, after, cpu, starved) = joined?;
         // Say goodbye so the relay frees both connections now.
         gw.close()?;
         player.uplink.close(Instant::now(), "benchmark run done");
@@ -643,6 +655,7 @@ impl Lab {
             delivered,
             wall_secs: wall.as_secs_f64(),
             gw_cpu_secs: cpu.as_secs_f64(),
+            gw_starved_secs: starved.as_secs_f64(),
         })
     }
 
@@ -1095,14 +1108,6 @@ fn room_to_lan(
         player.uplink.wait(Some(Instant::now()))?;
     }
     let wall = start.elapsed();
-    // QUIC drops the oldest queued datagrams when its send buffer is full: what never left
-    // the player is not the gateway's loss.
-    let dropped = player
-        .uplink
-        .runner_ref()
-        .driver_ref()
-        .counters()
-        .datagrams_dropped_tx;
     let drain_end = Instant::now() + Duration::from_millis(300);
     while Instant::now() < drain_end {
         player.turn(Duration::from_millis(1))?;
@@ -1111,7 +1116,7 @@ fn room_to_lan(
     let received = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the LAN host thread panicked"))??;
-    Ok((sent.saturating_sub(dropped), received, wall))
+    Ok((sent, received, wall))
 }
 
 #[cfg(test)]
@@ -1136,6 +1141,7 @@ mod tests {
             delivered: 800,
             wall_secs: 0.5,
             gw_cpu_secs: 0.09,
+            gw_starved_secs: 0.05,
         };
         assert_eq!(s.frames_per_sec(), 1800.0);
         assert_eq!(s.offered_per_sec(), 2000.0);
@@ -1143,6 +1149,7 @@ mod tests {
         assert!((s.frames_per_cpu_sec() - 10_000.0).abs() < 1e-6);
         assert!((s.loss_pct() - 10.0).abs() < 1e-9);
         assert!((s.e2e_loss_pct() - 20.0).abs() < 1e-9);
+        assert!((s.gw_starved_pct() - 10.0).abs() < 1e-9);
     }
 
     #[test]
