@@ -49,6 +49,8 @@ enum Scenario {
     Relay,
     /// Many clients joining one relay process: handshakes/s, relay RSS per connection.
     Scale,
+    /// Frames between a LAN interface and the room: AF_PACKET rings vs. plain recvmmsg.
+    Gateway,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,6 +88,17 @@ fn main() -> anyhow::Result<()> {
             ..
         } => {
             bench::quic::run_quic(&bench::quic::QuicOpts::new(quick, repeats, out))?;
+            Ok(())
+        }
+        Command::Bench {
+            scenario: Scenario::Gateway,
+            quick,
+            repeats,
+            out,
+            ..
+        } => {
+            let opts = bench::gateway::GatewayOpts::new(quick, repeats, out);
+            bench::gateway::run_gateway(&opts)?;
             Ok(())
         }
     }

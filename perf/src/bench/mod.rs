@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub(crate) mod gateway;
 pub(crate) mod quic;
 pub(crate) mod quinn_ref;
 pub(crate) mod relay;

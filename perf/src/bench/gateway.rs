@@ -1,0 +1,1185 @@
+//! `lanparty-perf bench gateway`: the gateway's datapath, LAN packet ring ⇄ QUIC, against a
+//! plain `recvmmsg` AF_PACKET socket doing the same work, in one run (needs root).
+//!
+//! # Topology
+//!
+//! Two network namespaces made for the run: `snd` holds the LAN host that blasts frames
+//! (`lpgbs0`), `nic` holds the gateway's NIC (`lpgbn0`, the veth peer), an in-process relay
+//! ([`lanparty_relay::start`]) on its loopback, and the remote player's [`Uplink`] (role
+//! client). IPv6 is off in both so no router solicitation or MLD report adds frames.
+//!
+//! # What runs
+//!
+//! - **ring**: [`lanparty_gateway::start`] on `lpgbn0`, its [`Bridge::turn`] driven by one
+//!   thread: RX ring → [`LanFilter`] → copy → [`Uplink::send_frame`] (QUIC), and
+//!   [`Uplink::poll_frame`] → TX ring.
+//! - **socket (baseline)**: the same loop with a [`PacketSocket`] (one `recvmmsg` per batch of
+//!   64, one `send` per frame, no rings): filter decision, one copy, the same
+//!   `Uplink::send_frame` into the same kind of QUIC connection, `transmit` every 32 frames,
+//!   sleep in the uplink's backend on the socket fd. So both sides do the same per-frame work
+//!   including QUIC; only the way frames cross the kernel boundary differs.
+//!
+//! Each gateway joins its own room with its own player, so the runs do not disturb each other.
+//!
+//! # What is measured
+//!
+//! CPU time is the gateway datapath thread's own (`CLOCK_THREAD_CPUTIME_ID`), read on the
+//! thread that turns the loop, over the measurement window only (after the join).
+//!
+//! - **LAN → room**: the LAN host sends frames to the player's MAC through a TX ring of its
+//!   own (batched kicks, qdisc bypass: a pktgen-like loop), as fast as it can for the run's
+//!   time, bounded in count. Frames per second = frames the gateway handed to QUIC per
+//!   wall-clock second; CPU ns per frame and frames per CPU-second from the gateway thread.
+//! - **room → LAN**: the player sends frames to the LAN host's MAC as fast as QUIC lets it;
+//!   the gateway writes them onto the LAN (TX ring, or one `send` per frame for the baseline).
+//!   Loss there is counted from the frames the gateway received from the room: the relay drops
+//!   what the relay → gateway connection cannot carry, which is not the gateway's loss (the
+//!   e2e column shows it).
+//! - **receive + filter only**: the LAN → room receive half alone, a bare [`PacketRing`]
+//!   (`wait_rx`, every ready block, filter, `copy_tagged`) against a bare [`PacketSocket`]
+//!   (`wait_rx`, `recvmmsg` until empty, filter, copy), no QUIC: the difference the rings make
+//!   without the QUIC cost, which is the same on both sides, diluting it.
+//! - **loss at 80 %**: after the blast, the LAN host sends paced at 80 % of the ring path's
+//!   measured LAN → room rate; loss = frames sent − frames the gateway handed to QUIC. Frames
+//!   the player received are reported too (end to end, through the relay).
+//!
+//! "offered/s" is what the source managed to send per second; a paced run whose offered rate
+//! is below its pace was limited by the sender. In the room → LAN direction the player (QUIC
+//! through the relay) is usually the bottleneck, so the gateway idles between frames and its
+//! CPU per frame includes the idle turns: compare the two paths there, not absolute figures.
+//!
+//! The machine has two cores for the sender, the gateway, the relay and the player: the rates
+//! are the whole party's, the CPU figures are the gateway thread's alone. Every measurement is
+//! repeated (`--repeats`); tables show the median and the spread. Results go to `gateway.md`
+//! and `gateway.json`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use lanparty_control::logging::LogFormat;
+use lanparty_control::msg::{DisplayName, Hello, PROTOCOL_VERSION, Role, RoomCode, Secret};
+use lanparty_control::session::SessionConfig;
+use lanparty_control::uplink::{Uplink, UplinkConfig, UplinkEvent};
+use lanparty_datapath::Mac;
+use lanparty_datapath::frag::ReassemblyConfig;
+use lanparty_datapath::io::{self, Interest};
+use lanparty_datapath::quic::tls::{self, ClientTrust, Fingerprint};
+use lanparty_datapath::quic::{Driver, DriverConfig};
+use lanparty_datapath::runner::Runner;
+use lanparty_datapath::switch::{LanFilter, LanVerdict};
+use lanparty_datapath::sys::afpacket::{PacketRing, PacketSocket, RingConfig, SocketConfig};
+use lanparty_datapath::sys::netns::{self, Netns, Veth};
+use lanparty_gateway::{Bridge, GatewayConfig};
+use serde::Serialize;
+
+use super::quic::Target;
+use super::thread_run_delay;
+use crate::sys::thread_cpu_time;
+
+/// The LAN host's MAC (sender end of the veth).
+const HOST: Mac = Mac([0x02, 0, 0, 0, 0xb0, 0x01]);
+/// The gateway NIC's MAC.
+const GW: Mac = Mac([0x02, 0, 0, 0, 0xb0, 0xfe]);
+/// The remote player's MAC.
+const CLIENT: Mac = Mac([0x02, 0, 0, 0, 0xc1, 0x01]);
+const SECRET: &str = "bench gateway secret";
+const HOST_IF: &str = "lpgbs0";
+const NIC_IF: &str = "lpgbn0";
+/// Local experimental ethertype: nobody on the namespaces' stacks answers it.
+const ETHERTYPE: u16 = 0x88b5;
+/// Frame sizes (whole Ethernet frames, header included).
+const SIZES: [usize; 2] = [64, 1400];
+/// Upper bound on frames one blast sends (the time bound usually ends it first).
+const MAX_FRAMES: u64 = 20_000_000;
+/// Share of the measured maximum rate the loss run sends at.
+const LOSS_RATE_SHARE: f64 = 0.8;
+
+/// Options of `bench gateway`.
+#[derive(Debug, Clone)]
+pub(crate) struct GatewayOpts {
+    /// About a second per scenario: checks that frames flow and results are written.
+    pub(crate) quick: bool,
+    /// How often each measurement is repeated.
+    pub(crate) repeats: usize,
+    /// Where `gateway.md` and `gateway.json` go.
+    pub(crate) out: PathBuf,
+}
+
+impl GatewayOpts {
+    /// Defaults: full run, 3 repeats, `perf/out/`.
+    pub(crate) fn new(quick: bool, repeats: Option<usize>, out: Option<PathBuf>) -> Self {
+        Self {
+            quick,
+            repeats: repeats.unwrap_or(if quick { 1 } else { 3 }).max(1),
+            out: out.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("out")),
+        }
+    }
+}
+
+/// Which receive path the gateway uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+enum Path {
+    /// `lanparty_gateway::Bridge` on TPACKET_V3 RX + TX rings.
+    Ring,
+    /// `PacketSocket`: recvmmsg, one send per frame (baseline).
+    Socket,
+    /// A bare RX ring: wait, filter, copy; no QUIC (LAN → room only).
+    RingRx,
+    /// A bare `PacketSocket`: wait, recvmmsg, filter, copy; no QUIC (LAN → room only).
+    SocketRx,
+}
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ring => "ring (Bridge)",
+            Self::Socket => "recvmmsg socket (baseline)",
+            Self::RingRx => "ring, receive + filter only",
+            Self::SocketRx => "recvmmsg socket, receive + filter only (baseline)",
+        }
+    }
+
+    fn is_rx_only(self) -> bool {
+        matches!(self, Self::RingRx | Self::SocketRx)
+    }
+}
+
+/// Which way frames flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+enum Dir {
+    LanToRoom,
+    RoomToLan,
+}
+
+impl Dir {
+    fn name(self) -> &'static str {
+        match self {
+            Self::LanToRoom => "LAN → room",
+            Self::RoomToLan => "room → LAN",
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Sample {
+    /// Frames the source sent (LAN host or player).
+    sent: u64,
+    /// Frames that reached the gateway: the LAN host's frames (LAN → room), or the frames
+    /// the gateway received from the room (room → LAN; the relay drops what the
+    /// relay → gateway connection cannot carry, which is not the gateway's loss).
+    reached: u64,
+    /// Frames the gateway moved in the measured direction (into QUIC, or onto the LAN).
+    moved: u64,
+    /// Frames that arrived at the far end (player, or LAN host).
+    delivered: u64,
+    wall_secs: f64,
+    gw_cpu_secs: f64,
+    /// Time the gateway thread was runnable but waited for a CPU.
+    gw_starved_secs: f64,
+}
+
+impl Sample {
+    fn frames_per_sec(&self) -> f64 {
+        self.moved as f64 / self.wall_secs.max(1e-9)
+    }
+    fn offered_per_sec(&self) -> f64 {
+        self.sent as f64 / self.wall_secs.max(1e-9)
+    }
+    fn ns_per_frame(&self) -> f64 {
+        self.gw_cpu_secs * 1e9 / self.moved.max(1) as f64
+    }
+    fn frames_per_cpu_sec(&self) -> f64 {
+        self.moved as f64 / self.gw_cpu_secs.max(1e-9)
+    }
+    fn loss_pct(&self) -> f64 {
+        100.0 * self.reached.saturating_sub(self.moved) as f64 / self.reached.max(1) as f64
+    }
+    fn gw_starved_pct(&self) -> f64 {
+        100.0 * self.gw_starved_secs / self.wall_secs.max(1e-9)
+    }
+    fn e2e_loss_pct(&self) -> f64 {
+        100.0 * self.sent.saturating_sub(self.delivered) as f64 / self.sent.max(1) as f64
+    }
+}
+
+/// Median and spread of one figure over the repeats.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        let median = match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        };
+        Self {
+            median,
+            min: v.first().copied().unwrap_or(0.0),
+            max: v.last().copied().unwrap_or(0.0),
+        }
+    }
+
+    fn show(&self, decimals: usize) -> String {
+        if self.min == self.max {
+            format!("{:.*}", decimals, self.median)
+        } else {
+            format!(
+                "{:.*} ({:.*}–{:.*})",
+                decimals, self.median, decimals, self.min, decimals, self.max
+            )
+        }
+    }
+}
+
+/// One path, direction and size over all repeats.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    path: Path,
+    dir: Dir,
+    size: usize,
+    /// Paced at this many frames per second (`None`: as fast as possible).
+    paced_fps: Option<f64>,
+    /// Frames the source managed to send per second.
+    offered_per_sec: Spread,
+    frames_per_sec: Spread,
+    ns_per_frame: Spread,
+    frames_per_cpu_sec: Spread,
+    /// Sent but not moved by the gateway, percent.
+    loss_pct: Spread,
+    /// Sent but not delivered at the far end, percent.
+    e2e_loss_pct: Spread,
+    /// Share of the run the gateway thread waited for a CPU, percent.
+    gw_starved_pct: Spread,
+    sent: u64,
+    moved: u64,
+    delivered: u64,
+}
+
+impl Row {
+    fn new(path: Path, dir: Dir, size: usize, paced_fps: Option<f64>, runs: &[Sample]) -> Self {
+        let s = |f: fn(&Sample) -> f64| Spread::of(runs.iter().map(f));
+        Self {
+            path,
+            dir,
+            size,
+            paced_fps,
+            offered_per_sec: s(Sample::offered_per_sec),
+            frames_per_sec: s(Sample::frames_per_sec),
+            ns_per_frame: s(Sample::ns_per_frame),
+            frames_per_cpu_sec: s(Sample::frames_per_cpu_sec),
+            loss_pct: s(Sample::loss_pct),
+            e2e_loss_pct: s(Sample::e2e_loss_pct),
+            gw_starved_pct: s(Sample::gw_starved_pct),
+            sent: runs.iter().map(|r| r.sent).sum(),
+            moved: runs.iter().map(|r| r.moved).sum(),
+            delivered: runs.iter().map(|r| r.delivered).sum(),
+        }
+    }
+}
+
+/// Everything one `bench gateway` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct GatewayReport {
+    quick: bool,
+    repeats: usize,
+    seconds_per_run: f64,
+    cpus: usize,
+    rows: Vec<Row>,
+    targets: Vec<Target>,
+    /// Where the Markdown and JSON were written.
+    #[serde(skip)]
+    pub(crate) files: Vec<PathBuf>,
+}
+
+/// Runs the whole benchmark, writes `gateway.md` and `gateway.json`, prints the table. Without
+/// root it prints a skip line and returns `None`.
+pub(crate) fn run_gateway(opts: &GatewayOpts) -> anyhow::Result<Option<GatewayReport>> {
+    if !netns::is_root() {
+        println!("bench gateway: skipped: needs root (network namespaces, AF_PACKET)");
+        return Ok(None);
+    }
+    let duration = if opts.quick {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(2)
+    };
+    let lab = Lab::new()?;
+    let mut rows = Vec::new();
+    let mut room_seq = 0u32;
+    let mut room = || {
+        room_seq += 1;
+        format!("bench{room_seq}")
+    };
+    for &size in &SIZES {
+        for (dir, path) in [
+            (Dir::LanToRoom, Path::Ring),
+            (Dir::LanToRoom, Path::Socket),
+            (Dir::LanToRoom, Path::RingRx),
+            (Dir::LanToRoom, Path::SocketRx),
+            (Dir::RoomToLan, Path::Ring),
+            (Dir::RoomToLan, Path::Socket),
+        ] {
+            {
+                let mut runs = Vec::new();
+                for _ in 0..opts.repeats {
+                    runs.push(lab.measure(&room(), path, dir, size, duration, None)?);
+                }
+                let r = Row::new(path, dir, size, None, &runs);
+                eprintln!(
+                    "{} {} {size} B: {:.0} frames/s, {:.0} ns/frame",
+                    path.name(),
+                    dir.name(),
+                    r.frames_per_sec.median,
+                    r.ns_per_frame.median
+                );
+                rows.push(r);
+            }
+        }
+        // Loss at 80 % of the ring path's measured maximum rate into the room.
+        let max = rows
+            .iter()
+            .find(|r| r.path == Path::Ring && r.dir == Dir::LanToRoom && r.size == size)
+            .map_or(0.0, |r| r.frames_per_sec.median);
+        let rate = (max * LOSS_RATE_SHARE).max(1000.0);
+        let mut runs = Vec::new();
+        for _ in 0..opts.repeats {
+            runs.push(lab.measure(
+                &room(),
+                Path::Ring,
+                Dir::LanToRoom,
+                size,
+                duration,
+                Some(rate),
+            )?);
+        }
+        rows.push(Row::new(
+            Path::Ring,
+            Dir::LanToRoom,
+            size,
+            Some(rate),
+            &runs,
+        ));
+    }
+    drop(lab);
+
+    for r in &rows {
+        ensure!(
+            r.moved > 0,
+            "no frames flowed: {} {} {} B",
+            r.path.name(),
+            r.dir.name(),
+            r.size
+        );
+    }
+    let targets = targets(&rows)?;
+    let mut report = GatewayReport {
+        quick: opts.quick,
+        repeats: opts.repeats,
+        seconds_per_run: duration.as_secs_f64(),
+        cpus: thread::available_parallelism().map_or(1, usize::from),
+        rows,
+        targets,
+        files: Vec::new(),
+    };
+    let markdown = markdown(&report);
+    print!("{markdown}");
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let md_path = opts.out.join("gateway.md");
+    let json_path = opts.out.join("gateway.json");
+    std::fs::write(&md_path, &markdown).with_context(|| md_path.display().to_string())?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| json_path.display().to_string())?;
+    // The files must read back: a quick run is the CI check that results are written.
+    let back: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)?;
+    ensure!(
+        back["rows"].as_array().is_some_and(|a| !a.is_empty()),
+        "{} has no rows",
+        json_path.display()
+    );
+    report.files = vec![md_path, json_path];
+    Ok(Some(report))
+}
+
+fn targets(rows: &[Row]) -> anyhow::Result<Vec<Target>> {
+    let find = |path: Path, dir: Dir, size: usize, paced: bool| {
+        rows.iter()
+            .find(|r| {
+                r.path == path && r.dir == dir && r.size == size && r.paced_fps.is_some() == paced
+            })
+            .with_context(|| format!("missing row {} {} {size} B", path.name(), dir.name()))
+    };
+    let mut targets = Vec::new();
+    for &size in &SIZES {
+        for (dir, ring, base, what) in [
+            (Dir::LanToRoom, Path::Ring, Path::Socket, "with QUIC"),
+            (
+                Dir::LanToRoom,
+                Path::RingRx,
+                Path::SocketRx,
+                "receive + filter only",
+            ),
+            (Dir::RoomToLan, Path::Ring, Path::Socket, "with QUIC"),
+        ] {
+            let ring = find(ring, dir, size, false)?;
+            let base = find(base, dir, size, false)?;
+            let ratio = ring.frames_per_cpu_sec.median / base.frames_per_cpu_sec.median.max(1e-9);
+            targets.push(Target {
+                name: format!(
+                    "ring frames per CPU-second vs recvmmsg socket, {} {size} B, {what} (ratio)",
+                    dir.name()
+                ),
+                measured: ratio,
+                required: 1.3,
+                at_most: false,
+                met: ratio >= 1.3,
+            });
+        }
+        let paced = find(Path::Ring, Dir::LanToRoom, size, true)?;
+        let loss = paced.loss_pct.max;
+        targets.push(Target {
+            name: format!(
+                "LAN → room loss at 80 % of max rate ({:.0} frames/s), {size} B (%, worst run)",
+                paced.paced_fps.unwrap_or(0.0)
+            ),
+            measured: loss,
+            required: 0.0,
+            at_most: true,
+            met: loss <= 0.0,
+        });
+    }
+    Ok(targets)
+}
+
+fn markdown(r: &GatewayReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## Gateway: LAN packet ring ⇄ QUIC vs recvmmsg AF_PACKET socket\n\n\
+         {} repeat(s) of {:.2} s per cell, {} CPU(s){}. Median (min–max). CPU = the gateway \
+         datapath thread only. \"moved\" = frames the gateway handed to QUIC (LAN → room) or \
+         wrote onto the LAN (room → LAN); loss = frames that reached the gateway (sent by the LAN \
+         host, or received from the room) − moved; e2e loss = sent − received at \
+         the far end (player through the relay, or the LAN host).\n",
+        r.repeats,
+        r.seconds_per_run,
+        r.cpus,
+        if r.quick { ", --quick" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "| path | direction | frame | sending | offered/s | frames/s | CPU ns/frame | frames/CPU-s | loss % | e2e loss % | gw waited for CPU % |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &r.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} B | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.path.name(),
+            row.dir.name(),
+            row.size,
+            row.paced_fps
+                .map_or_else(|| "max".to_owned(), |f| format!("paced {f:.0}/s")),
+            row.offered_per_sec.show(0),
+            row.frames_per_sec.show(0),
+            row.ns_per_frame.show(0),
+            row.frames_per_cpu_sec.show(0),
+            row.loss_pct.show(2),
+            if row.path.is_rx_only() {
+                "–".to_owned()
+            } else {
+                row.e2e_loss_pct.show(2)
+            },
+            row.gw_starved_pct.show(0),
+        );
+    }
+    let _ = writeln!(s, "\n| target | measured | required | met |");
+    let _ = writeln!(s, "|---|---:|---:|---|");
+    for t in &r.targets {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {} {:.2} | {} |",
+            t.name,
+            t.measured,
+            if t.at_most { "≤" } else { "≥" },
+            t.required,
+            if t.met { "yes" } else { "**no**" }
+        );
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// The namespaces, the relay, the players
+
+/// The two namespaces, the veth between them and the relay; all removed on drop.
+struct Lab {
+    relay: Option<lanparty_relay::RelayHandle>,
+    relay_addr: SocketAddr,
+    pin: Fingerprint,
+    state_dir: PathBuf,
+    // Drop order: the veth before the namespaces.
+    _veth: Veth,
+    snd: Netns,
+    nic: Netns,
+}
+
+impl Lab {
+    fn new() -> anyhow::Result<Self> {
+        let snd = Netns::create("gwbsnd").context("creating the sender namespace")?;
+        let nic = Netns::create("gwbnic").context("creating the gateway namespace")?;
+        for ns in [&snd, &nic] {
+            for key in [
+                "net.ipv6.conf.all.disable_ipv6",
+                "net.ipv6.conf.default.disable_ipv6",
+            ] {
+                ns.set_sysctl(key, "1")?;
+            }
+        }
+        let veth = Veth::create(Some(&snd), HOST_IF, Some(&nic), NIC_IF)?;
+        snd.set_mac(HOST_IF, HOST)?;
+        nic.set_mac(NIC_IF, GW)?;
+        snd.set_link_up(HOST_IF)?;
+        nic.set_link_up(NIC_IF)?;
+        let state_dir = std::env::temp_dir().join(format!("lpgwbench-relay-{}", nic.name()));
+        let mut config = lanparty_relay::RelayConfig::new(
+            "127.0.0.1:0".parse().expect("literal address"),
+            state_dir.clone(),
+        );
+        // Every run joins two fresh peers from 127.0.0.1.
+        config.admission.max_connections_per_ip = 1024;
+        let relay = nic
+            .run_in(move || lanparty_relay::start(config))?
+            .context("starting the in-process relay")?;
+        Ok(Self {
+            relay_addr: relay.local_addr(),
+            pin: relay.fingerprint(),
+            relay: Some(relay),
+            state_dir,
+            _veth: veth,
+            snd,
+            nic,
+        })
+    }
+
+    /// One run: a gateway on `path` and a player join `room`, frames flow in `dir` for
+    /// `duration` (paced at `rate` frames/s when given), everything is torn down.
+    fn measure(
+        &self,
+        room: &str,
+        path: Path,
+        dir: Dir,
+        size: usize,
+        duration: Duration,
+        rate: Option<f64>,
+    ) -> anyhow::Result<Sample> {
+        let mut gw = self.gateway(room, path)?;
+        let mut player = self.player(room)?;
+        // Join: both sides turn until the gateway sees the player as a remote client.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(player.uplink.is_joined() && gw.remotes() > 0) {
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: the gateway and the player did not meet in room {room} (player: {})",
+                    path.name(),
+                    player.uplink.status()
+                );
+            }
+            gw.turn()?;
+            player.turn(Duration::from_millis(1))?;
+        }
+        let lan_host = self.lan_host()?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let go = Arc::new(AtomicBool::new(false));
+        let gw_thread = {
+            let (stop, go) = (Arc::clone(&stop), Arc::clone(&go));
+            thread::Builder::new().name("bench-gateway".into()).spawn(
+                move || -> anyhow::Result<(Gw, Counts, Counts, Duration, Duration)> {
+                    while !go.load(Ordering::Acquire) {
+                        gw.turn()?;
+                    }
+                    let (before, cpu0, delay0) =
+                        (gw.counts(), thread_cpu_time(), thread_run_delay());
+                    while !stop.load(Ordering::Acquire) {
+                        gw.turn()?;
+                    }
+                    let cpu = thread_cpu_time() - cpu0;
+                    let starved = thread_run_delay().saturating_sub(delay0);
+                    let after = gw.counts();
+                    Ok((gw, before, after, cpu, starved))
+                },
+            )?
+        };
+        let result = match dir {
+            Dir::LanToRoom => lan_to_room(lan_host, &mut player, size, duration, rate, &go),
+            Dir::RoomToLan => room_to_lan(lan_host, &mut player, size, duration, &go),
+        };
+        stop.store(true, Ordering::Release);
+        let joined = gw_thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the gateway thread panicked"))?;
+        let (sent, delivered, wall) = result?;
+        let (mut gw, before, after, cpu, starved) = joined?;
+        // Say goodbye so the relay frees both connections now.
+        gw.close()?;
+        player.uplink.close(Instant::now(), "benchmark run done");
+        player.uplink.transmit(Instant::now())?;
+        let moved = match dir {
+            Dir::LanToRoom => after.lan_forwarded - before.lan_forwarded,
+            Dir::RoomToLan => after.room_to_lan - before.room_to_lan,
+        };
+        let reached = match dir {
+            Dir::LanToRoom => sent,
+            Dir::RoomToLan => after.room_frames - before.room_frames,
+        };
+        Ok(Sample {
+            sent,
+            reached,
+            moved,
+            delivered,
+            wall_secs: wall.as_secs_f64(),
+            gw_cpu_secs: cpu.as_secs_f64(),
+            gw_starved_secs: starved.as_secs_f64(),
+        })
+    }
+
+    fn gateway(&self, room: &str, path: Path) -> anyhow::Result<Gw> {
+        let room_code = RoomCode::new(room)?;
+        match path {
+            Path::Ring => {
+                let config = GatewayConfig {
+                    interface: NIC_IF.to_owned(),
+                    relay_host: self.relay_addr.ip().to_string(),
+                    relay_port: self.relay_addr.port(),
+                    room: room_code,
+                    secret: Secret::new(SECRET)?,
+                    trust: ClientTrust::Pinned(self.pin),
+                    gateway_token: None,
+                    name: DisplayName::new("bench gateway")?,
+                    log_format: LogFormat::Human,
+                    idle_timeout: Duration::from_secs(30),
+                };
+                let bridge = self
+                    .nic
+                    .run_in(move || lanparty_gateway::start(&config, Instant::now()))??;
+                Ok(Gw::Ring(Box::new(bridge)))
+            }
+            Path::RingRx => {
+                let ring = self
+                    .nic
+                    .run_in(|| PacketRing::open(NIC_IF, &RingConfig::default()))??;
+                Ok(Gw::RingRx(Box::new(RxOnly::new(ring))))
+            }
+            Path::SocketRx => {
+                let sock = self
+                    .nic
+                    .run_in(|| PacketSocket::open(NIC_IF, &SocketConfig::default()))??;
+                Ok(Gw::SocketRx(Box::new(RxOnly::new(sock))))
+            }
+            Path::Socket => {
+                let sock = self
+                    .nic
+                    .run_in(|| PacketSocket::open(NIC_IF, &SocketConfig::default()))??;
+                let mut uplink = self.uplink(room, Role::Gateway, GW, "bench gateway")?;
+                uplink.runner().io().watch_fd(
+                    sock.as_raw_fd(),
+                    SOCKET_TOKEN,
+                    Interest::Readable,
+                )?;
+                Ok(Gw::Socket(Box::new(SocketGateway {
+                    uplink,
+                    sock,
+                    filter: LanFilter::new(),
+                    buf: vec![0; 9220],
+                    counts: Counts::default(),
+                })))
+            }
+        }
+    }
+
+    fn player(&self, room: &str) -> anyhow::Result<Player> {
+        Ok(Player {
+            uplink: self.uplink(room, Role::Client, CLIENT, "bench player")?,
+            received: 0,
+        })
+    }
+
+    /// An uplink in the gateway's namespace to the relay.
+    fn uplink(&self, room: &str, role: Role, mac: Mac, name: &str) -> anyhow::Result<Uplink> {
+        let udp = self
+            .nic
+            .run_in(|| io::open_best("127.0.0.1:0".parse().expect("literal address")))??;
+        let runner = Runner::new(Driver::new(DriverConfig::default(), None), udp);
+        let config = UplinkConfig {
+            relay: self.relay_addr,
+            server_name: self.relay_addr.ip().to_string(),
+            client: tls::client_config(&ClientTrust::Pinned(self.pin))?,
+            hello: Hello {
+                version: PROTOCOL_VERSION,
+                role,
+                room: RoomCode::new(room)?,
+                mac,
+                secret: Secret::new(SECRET)?,
+                gateway_token: None,
+                datagram_budget: 1200,
+                name: DisplayName::new(name)?,
+            },
+            session: SessionConfig::new(self.relay_addr.to_string(), room, mac, 7),
+            reassembly: ReassemblyConfig::default(),
+            clamp_mss: true,
+        };
+        Ok(Uplink::new(Instant::now(), runner, config))
+    }
+
+    /// The LAN host's TX/RX ring on the sender end of the veth.
+    fn lan_host(&self) -> anyhow::Result<PacketRing> {
+        let config = RingConfig {
+            rx_block_count: 8,
+            ..RingConfig::default()
+        };
+        Ok(self
+            .snd
+            .run_in(move || PacketRing::open(HOST_IF, &config))??)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(relay) = self.relay.take() {
+            let _ = relay.shutdown("benchmark done");
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// The token the baseline's socket fd is watched with.
+const SOCKET_TOKEN: u64 = 0x736f_636b;
+
+/// The gateway counters a run reads.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    lan_forwarded: u64,
+    room_to_lan: u64,
+    room_frames: u64,
+}
+
+/// A gateway under test.
+enum Gw {
+    Ring(Box<Bridge>),
+    Socket(Box<SocketGateway>),
+    RingRx(Box<RxOnly<PacketRing>>),
+    SocketRx(Box<RxOnly<PacketSocket>>),
+}
+
+impl Gw {
+    fn turn(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Ring(b) => b.turn(Duration::from_millis(1))?,
+            Self::Socket(s) => s.turn()?,
+            Self::RingRx(r) => r.turn_ring()?,
+            Self::SocketRx(r) => r.turn_socket()?,
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Ring(b) => b.close("benchmark run done")?,
+            Self::Socket(s) => {
+                s.uplink.close(Instant::now(), "benchmark run done");
+                s.uplink.transmit(Instant::now())?;
+            }
+            Self::RingRx(_) | Self::SocketRx(_) => {}
+        }
+        Ok(())
+    }
+
+    fn remotes(&self) -> usize {
+        match self {
+            Self::Ring(b) => b.filter().remote_count(),
+            Self::Socket(s) => s.filter.remote_count(),
+            Self::RingRx(r) => r.filter.remote_count(),
+            Self::SocketRx(r) => r.filter.remote_count(),
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        match self {
+            Self::Ring(b) => {
+                let c = b.counters();
+                Counts {
+                    lan_forwarded: c.lan_forwarded,
+                    room_to_lan: c.room_to_lan,
+                    room_frames: c.room_frames,
+                }
+            }
+            Self::Socket(s) => s.counts,
+            Self::RingRx(r) => r.counts,
+            Self::SocketRx(r) => r.counts,
+        }
+    }
+}
+
+/// The receive half alone: wait for the fd, read every frame, filter, copy the forwarded
+/// ones; nothing goes to QUIC. The player's MAC is set as the filter's remote by hand.
+struct RxOnly<T> {
+    io: T,
+    filter: LanFilter,
+    buf: Vec<u8>,
+    counts: Counts,
+}
+
+impl<T> RxOnly<T> {
+    fn new(io: T) -> Self {
+        let mut filter = LanFilter::new();
+        filter.add_remote(CLIENT);
+        Self {
+            io,
+            filter,
+            buf: vec![0; 9220],
+            counts: Counts::default(),
+        }
+    }
+}
+
+impl RxOnly<PacketRing> {
+    fn turn_ring(&mut self) -> std::io::Result<()> {
+        self.io.wait_rx(Duration::from_millis(1))?;
+        while let Some(block) = self.io.next_block() {
+            for frame in block.frames() {
+                if self.filter.decide(frame.data()) != LanVerdict::Forward {
+                    continue;
+                }
+                if let Some(len) = frame.copy_tagged(&mut self.buf) {
+                    std::hint::black_box(&self.buf[..len]);
+                    self.counts.lan_forwarded += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RxOnly<PacketSocket> {
+    fn turn_socket(&mut self) -> std::io::Result<()> {
+        self.io.wait_rx(Duration::from_millis(1))?;
+        while self.io.recv_batch()? > 0 {
+            for frame in self.io.frames() {
+                if self.filter.decide(frame) != LanVerdict::Forward {
+                    continue;
+                }
+                if let Some(buf) = self.buf.get_mut(..frame.len()) {
+                    buf.copy_from_slice(frame);
+                    std::hint::black_box(&*buf);
+                    self.counts.lan_forwarded += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The baseline: the bridge's loop with a plain AF_PACKET socket instead of the rings.
+struct SocketGateway {
+    uplink: Uplink,
+    sock: PacketSocket,
+    filter: LanFilter,
+    buf: Vec<u8>,
+    counts: Counts,
+}
+
+impl SocketGateway {
+    fn turn(&mut self) -> std::io::Result<()> {
+        let now = Instant::now();
+        self.uplink.receive(now);
+        while let Some(event) = self.uplink.poll_event() {
+            let is_client = |p: &lanparty_control::msg::PeerInfo| p.role == Role::Client;
+            match event {
+                UplinkEvent::Joined(w) => self
+                    .filter
+                    .set_remotes(w.peers.iter().filter(|p| is_client(p)).map(|p| p.mac)),
+                UplinkEvent::PeerJoined(p) if is_client(&p) => {
+                    self.filter.add_remote(p.mac);
+                }
+                UplinkEvent::PeerLeft(p) if is_client(&p) => {
+                    self.filter.remove_remote(p.mac);
+                }
+                UplinkEvent::Left => self.filter.set_remotes([]),
+                _ => {}
+            }
+        }
+        // LAN → room: drain the socket completely (the readiness report may be edge-triggered).
+        let mut since_transmit = 0;
+        while self.sock.recv_batch()? > 0 {
+            for frame in self.sock.frames() {
+                if self.filter.decide(frame) != LanVerdict::Forward {
+                    continue;
+                }
+                let Some(buf) = self.buf.get_mut(..frame.len()) else {
+                    continue;
+                };
+                buf.copy_from_slice(frame);
+                if self.uplink.send_frame(buf) {
+                    self.counts.lan_forwarded += 1;
+                    since_transmit += 1;
+                    if since_transmit == lanparty_gateway::bridge::TRANSMIT_EVERY {
+                        since_transmit = 0;
+                        self.uplink.transmit(now)?;
+                    }
+                }
+            }
+        }
+        // Room → LAN: one send per frame.
+        while let Some(frame) = self.uplink.poll_frame() {
+            self.counts.room_frames += 1;
+            if self.sock.send(&frame).is_ok() {
+                self.counts.room_to_lan += 1;
+            }
+        }
+        self.uplink.transmit(now)?;
+        self.uplink.wait(Some(now + Duration::from_millis(1)))?;
+        Ok(())
+    }
+}
+
+/// The remote player.
+struct Player {
+    uplink: Uplink,
+    received: u64,
+}
+
+impl Player {
+    fn turn(&mut self, max_wait: Duration) -> std::io::Result<()> {
+        let now = Instant::now();
+        self.uplink.receive(now);
+        while self.uplink.poll_event().is_some() {}
+        while self.uplink.poll_frame().is_some() {
+            self.received += 1;
+        }
+        self.uplink.transmit(now)?;
+        self.uplink.wait(Some(Instant::now() + max_wait))?;
+        Ok(())
+    }
+}
+
+/// An Ethernet frame of `size` bytes from `src` to `dst`.
+fn frame(dst: Mac, src: Mac, size: usize) -> Vec<u8> {
+    let mut f = vec![0u8; size.max(14)];
+    f[..6].copy_from_slice(&dst.0);
+    f[6..12].copy_from_slice(&src.0);
+    f[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+    for (i, b) in f[14..].iter_mut().enumerate() {
+        *b = (i * 7 + 3) as u8;
+    }
+    f
+}
+
+/// LAN → room: the LAN host sends from its TX ring (as fast as it can, or paced at `rate`)
+/// for `duration`, on a thread of its own; this thread turns the player meanwhile. Returns
+/// frames sent, frames the player received, and the sending time.
+fn lan_to_room(
+    mut host: PacketRing,
+    player: &mut Player,
+    size: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    go: &AtomicBool,
+) -> anyhow::Result<(u64, u64, Duration)> {
+    let f = frame(CLIENT, HOST, size);
+    let sent = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    go.store(true, Ordering::Release);
+    let sender = {
+        let (sent, done) = (Arc::clone(&sent), Arc::clone(&done));
+        thread::Builder::new().name("bench-lan-host".into()).spawn(
+            move || -> anyhow::Result<Duration> {
+                let start = Instant::now();
+                let end = start + duration;
+                let mut n = 0u64;
+                loop {
+                    let now = Instant::now();
+                    if now >= end || n >= MAX_FRAMES {
+                        break;
+                    }
+                    let due =
+                        rate.map_or(MAX_FRAMES, |r| ((now - start).as_secs_f64() * r) as u64 + 1);
+                    if n >= due {
+                        thread::sleep(Duration::from_micros(50));
+                        continue;
+                    }
+                    let mut queued = 0;
+                    while n < due && queued < 256 && host.send(&f).is_ok() {
+                        n += 1;
+                        queued += 1;
+                    }
+                    if queued == 0 {
+                        // TX ring full: wait for the kernel to take slots.
+                        host.wait_tx(Duration::from_millis(1))?;
+                    }
+                    host.flush()?;
+                }
+                // Let the last kicks leave.
+                while host.tx_pending() > 0 && Instant::now() < end + Duration::from_millis(100) {
+                    host.flush()?;
+                    host.wait_tx(Duration::from_millis(1))?;
+                }
+                sent.store(n, Ordering::Release);
+                done.store(true, Ordering::Release);
+                Ok(start.elapsed())
+            },
+        )?
+    };
+    while !done.load(Ordering::Acquire) && start.elapsed() < duration + Duration::from_secs(5) {
+        player.turn(Duration::from_millis(1))?;
+    }
+    // Let what is in flight arrive (the gateway keeps turning).
+    let drain_end = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < drain_end {
+        player.turn(Duration::from_millis(1))?;
+    }
+    let wall = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the LAN host thread panicked"))??;
+    Ok((sent.load(Ordering::Acquire), player.received, wall))
+}
+
+/// Room → LAN: the player sends bursts into the room for `duration`; a thread in the sender
+/// namespace counts what arrives on the LAN host. Returns frames sent, frames the LAN host
+/// received, and the sending time.
+fn room_to_lan(
+    mut host: PacketRing,
+    player: &mut Player,
+    size: usize,
+    duration: Duration,
+    go: &AtomicBool,
+) -> anyhow::Result<(u64, u64, Duration)> {
+    let f = frame(HOST, CLIENT, size);
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let done = Arc::clone(&done);
+        thread::Builder::new().name("bench-lan-host".into()).spawn(
+            move || -> anyhow::Result<u64> {
+                let mut n = 0u64;
+                let want = |d: &[u8]| d.len() >= 14 && d[..6] == HOST.0 && d[6..12] == CLIENT.0;
+                let hard_end = Instant::now() + duration + Duration::from_secs(10);
+                while !done.load(Ordering::Acquire) && Instant::now() < hard_end {
+                    host.wait_rx(Duration::from_millis(5))?;
+                    host.drain(usize::MAX, |fr| n += u64::from(want(fr.data())));
+                }
+                host.drain(usize::MAX, |fr| n += u64::from(want(fr.data())));
+                Ok(n)
+            },
+        )?
+    };
+    go.store(true, Ordering::Release);
+    let start = Instant::now();
+    let end = start + duration;
+    let mut sent = 0u64;
+    let mut buf = f.clone();
+    while Instant::now() < end {
+        let now = Instant::now();
+        player.uplink.receive(now);
+        while player.uplink.poll_event().is_some() {}
+        while player.uplink.poll_frame().is_some() {}
+        for _ in 0..32 {
+            buf.copy_from_slice(&f);
+            if player.uplink.send_frame(&mut buf) {
+                sent += 1;
+            }
+        }
+        player.uplink.transmit(now)?;
+        player.uplink.wait(Some(Instant::now()))?;
+    }
+    let wall = start.elapsed();
+    let drain_end = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < drain_end {
+        player.turn(Duration::from_millis(1))?;
+    }
+    done.store(true, Ordering::Release);
+    let received = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the LAN host thread panicked"))??;
+    Ok((sent, received, wall))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_median_and_range() {
+        let s = Spread::of([3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of([1.0, 4.0]).median, 2.5);
+        assert_eq!(s.show(0), "2 (1–3)");
+        assert_eq!(Spread::of([5.0]).show(1), "5.0");
+    }
+
+    #[test]
+    fn sample_rates_and_losses() {
+        let s = Sample {
+            sent: 1000,
+            reached: 1000,
+            moved: 900,
+            delivered: 800,
+            wall_secs: 0.5,
+            gw_cpu_secs: 0.09,
+            gw_starved_secs: 0.05,
+        };
+        assert_eq!(s.frames_per_sec(), 1800.0);
+        assert_eq!(s.offered_per_sec(), 2000.0);
+        assert!((s.ns_per_frame() - 100_000.0).abs() < 1e-6);
+        assert!((s.frames_per_cpu_sec() - 10_000.0).abs() < 1e-6);
+        assert!((s.loss_pct() - 10.0).abs() < 1e-9);
+        assert!((s.e2e_loss_pct() - 20.0).abs() < 1e-9);
+        assert!((s.gw_starved_pct() - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn frames_carry_the_macs_and_size() {
+        let f = frame(CLIENT, HOST, 64);
+        assert_eq!(f.len(), 64);
+        assert_eq!(&f[..6], &CLIENT.0);
+        assert_eq!(&f[6..12], &HOST.0);
+        assert_eq!(&f[12..14], &ETHERTYPE.to_be_bytes());
+        let mut filter = LanFilter::new();
+        filter.add_remote(CLIENT);
+        assert_eq!(filter.decide(&f), LanVerdict::Forward);
+    }
+
+    /// The CI smoke run: `bench gateway --quick` makes frames flow on every path and writes
+    /// its results (the run itself fails when a row moved no frame).
+    #[test]
+    fn quick_run_moves_frames_and_writes_results() {
+        if !netns::require_root("quick_run_moves_frames_and_writes_results") {
+            return;
+        }
+        let out = std::env::temp_dir().join(format!("lpgwbench-out-{}", std::process::id()));
+        let opts = GatewayOpts::new(true, Some(1), Some(out.clone()));
+        let report = run_gateway(&opts)
+            .unwrap()
+            .expect("root runs the benchmark");
+        assert!(report.rows.iter().all(|r| r.moved > 0));
+        for file in &report.files {
+            assert!(std::fs::metadata(file).unwrap().len() > 0);
+        }
+        let _ = std::fs::remove_dir_all(out);
+    }
+}
