@@ -7,12 +7,14 @@
 //!
 //! - [`config`]: flags, config file and join link, combined into a [`GatewayConfig`].
 //! - [`bridge`]: the datapath loop ([`Bridge`]).
+//! - [`checksum`]: completing TCP/UDP checksums that local senders left to hardware.
 //! - [`sys`]: the signal flag and the interface MAC (the only `unsafe` in this crate).
 //!
 //! [`start`] opens everything in the right order and turns each failure into a one-line error
 //! that says what to do.
 
 pub mod bridge;
+pub mod checksum;
 pub mod config;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -17,6 +17,10 @@
 //! - VLAN: Linux strips 802.1Q tags before packet sockets see a frame, whatever the NIC does,
 //!   and reports the tag in the ring header; [`RxFrame::vlan`] exposes it and
 //!   [`RxFrame::copy_tagged`] rebuilds the frame as it was on the wire.
+//! - Checksums: a frame sent by a veth, container or VM on this host can carry an unfinished
+//!   TCP/UDP checksum (`CHECKSUM_PARTIAL`, the NIC was to finish it); the kernel marks it
+//!   `TP_STATUS_CSUMNOTREADY` and [`RxFrame::checksum_not_ready`] reports it, so a forwarder can
+//!   complete the checksum before the frame leaves the host.
 //! - Promiscuous membership (`PACKET_ADD_MEMBERSHIP`, dropped with the socket),
 //!   `PACKET_IGNORE_OUTGOING` so nothing sent from this host is read back, and
 //!   `PACKET_QDISC_BYPASS` so TX frames skip the qdisc layer.

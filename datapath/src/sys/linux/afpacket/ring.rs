@@ -80,6 +80,7 @@ const STATUS_VLAN_TPID_VALID: u32 = libc::TP_STATUS_VLAN_TPID_VALID;
 const STATUS_AVAILABLE: u32 = libc::TP_STATUS_AVAILABLE;
 const STATUS_SEND_REQUEST: u32 = libc::TP_STATUS_SEND_REQUEST;
 const STATUS_WRONG_FORMAT: u32 = libc::TP_STATUS_WRONG_FORMAT;
+const STATUS_CSUMNOTREADY: u32 = libc::TP_STATUS_CSUMNOTREADY;
 
 /// Reads a native-endian `u32` at `p`.
 ///
@@ -281,6 +282,7 @@ impl RxRing {
             data_len: snaplen as usize,
             wire_len: len,
             truncated: snaplen < len || status & STATUS_COPY != 0,
+            csum_not_ready: status & STATUS_CSUMNOTREADY != 0,
             vlan,
             sec,
             nsec,
@@ -294,6 +296,7 @@ struct PacketMeta {
     data_len: usize,
     wire_len: u32,
     truncated: bool,
+    csum_not_ready: bool,
     vlan: Option<VlanTag>,
     sec: u32,
     nsec: u32,
@@ -372,6 +375,7 @@ impl<'b> Iterator for RxFrames<'b> {
             data,
             wire_len: meta.wire_len,
             truncated: meta.truncated,
+            csum_not_ready: meta.csum_not_ready,
             vlan: meta.vlan,
             sec: meta.sec,
             nsec: meta.nsec,
@@ -389,6 +393,7 @@ pub struct RxFrame<'b> {
     data: &'b [u8],
     wire_len: u32,
     truncated: bool,
+    csum_not_ready: bool,
     vlan: Option<VlanTag>,
     sec: u32,
     nsec: u32,
@@ -409,6 +414,14 @@ impl<'b> RxFrame<'b> {
     /// Whether the frame was cut short.
     pub fn is_truncated(&self) -> bool {
         self.truncated
+    }
+
+    /// Whether the sender left the TCP/UDP checksum to "hardware" (`TP_STATUS_CSUMNOTREADY`):
+    /// the frame comes from this host (a veth, container or VM behind a bridge) and its L4
+    /// checksum field holds only the pseudo-header sum. Forwarding such a frame off this host
+    /// needs the checksum completed first, or the receiver drops it.
+    pub fn checksum_not_ready(&self) -> bool {
+        self.csum_not_ready
     }
 
     /// The VLAN tag the kernel stripped, if any.
@@ -785,12 +798,13 @@ mod tests {
     }
 
     #[test]
-    fn truncation_and_vlan_are_reported() {
+    fn truncation_vlan_and_unfinished_checksums_are_reported() {
         let (mut kernel, mut ring) = FakeRxKernel::new(2);
         assert!(kernel.retire(&[
             (&[9; 100], 3000, 0),
             (&[8; 64], 64, STATUS_VLAN_VALID),
             (&[7; 64], 64, STATUS_COPY),
+            (&[6; 64], 64, STATUS_CSUMNOTREADY),
         ]));
         let blk = ring.next_block().unwrap();
         let frames: Vec<RxFrame<'_>> = blk.frames().collect();
@@ -806,6 +820,8 @@ mod tests {
         );
         assert!(!frames[1].is_truncated());
         assert!(frames[2].is_truncated());
+        assert!(frames[3].checksum_not_ready());
+        assert!(!frames[2].checksum_not_ready() && !frames[0].checksum_not_ready());
         drop(frames);
         drop(blk);
         assert_eq!(ring.counters().truncated, 2);
