@@ -7,7 +7,8 @@
 //! 2. Uplink events keep the [`LanFilter`]'s set of remote client MACs in step with the room
 //!    (the welcome's peers, joins, leaves; cleared when the link drops) and change the status
 //!    line.
-//! 3. LAN → room: every ready RX block is walked; each frame goes through
+//! 3. LAN → room: every ready RX block (with the default TPACKET_V2 ring, every run of ready
+//!    frame slots) is walked; each frame goes through
 //!    [`LanFilter::decide`], and a forwarded frame is copied once, VLAN tag restored, into a
 //!    reusable buffer (where a TCP/UDP checksum the sender left to hardware is completed, see
 //!    [`checksum`](crate::checksum)) and handed to [`Uplink::send_frame`] (MSS clamp, fragmentation). The ring
