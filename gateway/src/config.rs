@@ -37,7 +37,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// latency, one wake-up per frame at low rates. `v3` packs frames into blocks that the kernel
 /// hands over when full or after 1 ms: fewer wake-ups and system calls on a busy LAN (tens of
 /// thousands of frames per second), at the price of up to a millisecond of extra delay on every
-/// LAN-to-room frame when the LAN is quiet.
+/// LAN-to-room frame when the LAN is quiet. `v2` slots are 2 KiB, so it reads frames of up to
+/// 1982 bytes whole (longer ones are counted as truncated and dropped): use `v3` on a LAN with
+/// jumbo frames.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RxRingMode {
