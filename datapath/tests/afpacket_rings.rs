@@ -10,13 +10,21 @@ use std::time::{Duration, Instant};
 
 use lanparty_datapath::Mac;
 use lanparty_datapath::sys::afpacket::{
-    AfPacketError, NicWarning, PacketRing, PacketSocket, RingConfig, SocketConfig, TxError,
-    nic_warnings,
+    AfPacketError, NicWarning, PacketRing, PacketSocket, RingConfig, RingVersion, SocketConfig,
+    TxError, nic_warnings,
 };
 use lanparty_datapath::sys::netns::{self, Netns, Veth};
 
 const SENDER: [u8; 6] = [0x02, 0x4c, 0x50, 0x00, 0x00, 0xaa];
 const OTHER_SENDER: [u8; 6] = [0x02, 0x4c, 0x50, 0x00, 0x00, 0xbb];
+
+/// The default ring configuration with layout `v`. Every ring test runs once per layout.
+fn cfg(v: RingVersion) -> RingConfig {
+    RingConfig {
+        version: v,
+        ..RingConfig::default()
+    }
+}
 
 /// Namespaces A and B joined by veth `lpa` (in A) <-> `lpb` (in B), both up.
 struct Pair {
@@ -165,12 +173,23 @@ fn socket_collect_from(
 }
 
 #[test]
-fn ring_receives_ipx_8023_and_full_size_frames_byte_for_byte() {
-    if !netns::require_root("ring_receives_ipx_8023_and_full_size_frames_byte_for_byte") {
+fn ring_receives_ipx_8023_and_full_size_frames_byte_for_byte_v2() {
+    ring_receives_ipx_8023_and_full_size_frames_byte_for_byte(RingVersion::V2);
+}
+
+#[test]
+fn ring_receives_ipx_8023_and_full_size_frames_byte_for_byte_v3() {
+    ring_receives_ipx_8023_and_full_size_frames_byte_for_byte(RingVersion::V3);
+}
+
+fn ring_receives_ipx_8023_and_full_size_frames_byte_for_byte(v: RingVersion) {
+    if !netns::require_root(&format!(
+        "ring_receives_ipx_8023_and_full_size_frames_byte_for_byte ({v:?})"
+    )) {
         return;
     }
     let p = pair("rxring");
-    let mut ring = ring_in(&p.b, "lpb", &RingConfig::default());
+    let mut ring = ring_in(&p.b, "lpb", &cfg(v));
     let mut sender = socket_in(&p.a, "lpa");
     let sent = vec![
         ipx_frame(),
@@ -190,12 +209,21 @@ fn ring_receives_ipx_8023_and_full_size_frames_byte_for_byte() {
 }
 
 #[test]
-fn tx_ring_frames_arrive_at_the_peer() {
-    if !netns::require_root("tx_ring_frames_arrive_at_the_peer") {
+fn tx_ring_frames_arrive_at_the_peer_v2() {
+    tx_ring_frames_arrive_at_the_peer(RingVersion::V2);
+}
+
+#[test]
+fn tx_ring_frames_arrive_at_the_peer_v3() {
+    tx_ring_frames_arrive_at_the_peer(RingVersion::V3);
+}
+
+fn tx_ring_frames_arrive_at_the_peer(v: RingVersion) {
+    if !netns::require_root(&format!("tx_ring_frames_arrive_at_the_peer ({v:?})")) {
         return;
     }
     let p = pair("txring");
-    let mut ring = ring_in(&p.a, "lpa", &RingConfig::default());
+    let mut ring = ring_in(&p.a, "lpa", &cfg(v));
     let mut peer = socket_in(&p.b, "lpb");
     let mut sent = vec![ipx_frame(), ieee8023_frame(), full_size_frame()];
     sent.extend((0..200).map(|i| numbered(SENDER, i, 60 + (i as usize * 7) % 1400)));
@@ -211,15 +239,26 @@ fn tx_ring_frames_arrive_at_the_peer() {
 }
 
 #[test]
-fn tx_ring_refuses_oversized_frames_and_reports_a_full_ring() {
-    if !netns::require_root("tx_ring_refuses_oversized_frames_and_reports_a_full_ring") {
+fn tx_ring_refuses_oversized_frames_and_reports_a_full_ring_v2() {
+    tx_ring_refuses_oversized_frames_and_reports_a_full_ring(RingVersion::V2);
+}
+
+#[test]
+fn tx_ring_refuses_oversized_frames_and_reports_a_full_ring_v3() {
+    tx_ring_refuses_oversized_frames_and_reports_a_full_ring(RingVersion::V3);
+}
+
+fn tx_ring_refuses_oversized_frames_and_reports_a_full_ring(v: RingVersion) {
+    if !netns::require_root(&format!(
+        "tx_ring_refuses_oversized_frames_and_reports_a_full_ring ({v:?})"
+    )) {
         return;
     }
     let p = pair("txfull");
     let config = RingConfig {
         tx_block_size: 4096,
         tx_block_count: 1,
-        ..RingConfig::default()
+        ..cfg(v)
     };
     let mut ring = ring_in(&p.a, "lpa", &config);
     // 2 KiB slots hold 2000 bytes, but the veth's MTU of 1500 allows 1514 + a VLAN tag.
@@ -249,20 +288,31 @@ fn tx_ring_refuses_oversized_frames_and_reports_a_full_ring() {
 }
 
 #[test]
-fn ignore_outgoing_keeps_this_hosts_frames_out_of_rx() {
-    if !netns::require_root("ignore_outgoing_keeps_this_hosts_frames_out_of_rx") {
+fn ignore_outgoing_keeps_this_hosts_frames_out_of_rx_v2() {
+    ignore_outgoing_keeps_this_hosts_frames_out_of_rx(RingVersion::V2);
+}
+
+#[test]
+fn ignore_outgoing_keeps_this_hosts_frames_out_of_rx_v3() {
+    ignore_outgoing_keeps_this_hosts_frames_out_of_rx(RingVersion::V3);
+}
+
+fn ignore_outgoing_keeps_this_hosts_frames_out_of_rx(v: RingVersion) {
+    if !netns::require_root(&format!(
+        "ignore_outgoing_keeps_this_hosts_frames_out_of_rx ({v:?})"
+    )) {
         return;
     }
     let p = pair("ignout");
     // Without the qdisc bypass, sent frames pass the taps where other sockets could see them.
     let ignoring = RingConfig {
         qdisc_bypass: false,
-        ..RingConfig::default()
+        ..cfg(v)
     };
     let seeing = RingConfig {
         ignore_outgoing: false,
         qdisc_bypass: false,
-        ..RingConfig::default()
+        ..cfg(v)
     };
     let mut ring = ring_in(&p.a, "lpa", &ignoring);
     let mut control = ring_in(&p.a, "lpa", &seeing);
@@ -302,8 +352,19 @@ fn ignore_outgoing_keeps_this_hosts_frames_out_of_rx() {
 }
 
 #[test]
-fn ring_wraps_around_under_a_burst_of_100k_frames() {
-    if !netns::require_root("ring_wraps_around_under_a_burst_of_100k_frames") {
+fn ring_wraps_around_under_a_burst_of_100k_frames_v2() {
+    ring_wraps_around_under_a_burst_of_100k_frames(RingVersion::V2);
+}
+
+#[test]
+fn ring_wraps_around_under_a_burst_of_100k_frames_v3() {
+    ring_wraps_around_under_a_burst_of_100k_frames(RingVersion::V3);
+}
+
+fn ring_wraps_around_under_a_burst_of_100k_frames(v: RingVersion) {
+    if !netns::require_root(&format!(
+        "ring_wraps_around_under_a_burst_of_100k_frames ({v:?})"
+    )) {
         return;
     }
     const FRAMES: u64 = 100_000;
@@ -312,10 +373,12 @@ fn ring_wraps_around_under_a_burst_of_100k_frames() {
     const WINDOW: u64 = 400;
     let time_limit = Duration::from_secs(30);
     let p = pair("burst");
+    // 256-byte frame slots (TPACKET_V2) hold these 100-byte frames: 2048 slots.
     let config = RingConfig {
         rx_block_size: 64 * 1024,
         rx_block_count: 8,
-        ..RingConfig::default()
+        rx_frame_size: 256,
+        ..cfg(v)
     };
     let mut ring = ring_in(&p.b, "lpb", &config);
     let mut sender = socket_in(&p.a, "lpa");
@@ -375,23 +438,37 @@ fn ring_wraps_around_under_a_burst_of_100k_frames() {
     );
     assert!(in_order, "frames arrived in order and intact");
     assert_eq!(counters.kernel_drops, 0);
+    let (walked, ring_len) = match v {
+        RingVersion::V2 => (counters.rx.frames, 64 * 1024 / 256 * 8),
+        _ => (counters.rx.blocks, u64::from(config.rx_block_count)),
+    };
     assert!(
-        counters.rx.blocks > u64::from(config.rx_block_count) * 4,
-        "the ring wrapped around several times ({} blocks)",
-        counters.rx.blocks
+        walked > ring_len * 4,
+        "the ring wrapped around several times ({walked} blocks or slots of {ring_len})"
     );
 }
 
 #[test]
-fn opening_a_missing_or_down_interface_says_what_to_do() {
-    if !netns::require_root("opening_a_missing_or_down_interface_says_what_to_do") {
+fn opening_a_missing_or_down_interface_says_what_to_do_v2() {
+    opening_a_missing_or_down_interface_says_what_to_do(RingVersion::V2);
+}
+
+#[test]
+fn opening_a_missing_or_down_interface_says_what_to_do_v3() {
+    opening_a_missing_or_down_interface_says_what_to_do(RingVersion::V3);
+}
+
+fn opening_a_missing_or_down_interface_says_what_to_do(v: RingVersion) {
+    if !netns::require_root(&format!(
+        "opening_a_missing_or_down_interface_says_what_to_do ({v:?})"
+    )) {
         return;
     }
     let a = Netns::create("errs").unwrap();
     let b = Netns::create("errs").unwrap();
     let _veth = Veth::create(Some(&a), "lpdown", Some(&b), "lppeer").unwrap();
     let missing = a
-        .run_in(|| PacketRing::open("lpnothere", &RingConfig::default()))
+        .run_in(|| PacketRing::open("lpnothere", &cfg(v)))
         .unwrap()
         .unwrap_err();
     assert!(
@@ -399,7 +476,7 @@ fn opening_a_missing_or_down_interface_says_what_to_do() {
         "{missing}"
     );
     let down = a
-        .run_in(|| PacketRing::open("lpdown", &RingConfig::default()))
+        .run_in(|| PacketRing::open("lpdown", &cfg(v)))
         .unwrap()
         .unwrap_err();
     assert!(
@@ -409,7 +486,7 @@ fn opening_a_missing_or_down_interface_says_what_to_do() {
     assert!(down.to_string().contains("ip link set lpdown up"), "{down}");
     let bad = RingConfig {
         rx_block_size: 1000,
-        ..RingConfig::default()
+        ..cfg(v)
     };
     a.set_link_up("lpdown").unwrap();
     let err = a
@@ -485,8 +562,17 @@ fn gro_and_vlan_offload_on_a_nic_are_reported() {
 }
 
 #[test]
-fn a_full_rx_ring_reports_kernel_drops() {
-    if !netns::require_root("a_full_rx_ring_reports_kernel_drops") {
+fn a_full_rx_ring_reports_kernel_drops_v2() {
+    a_full_rx_ring_reports_kernel_drops(RingVersion::V2);
+}
+
+#[test]
+fn a_full_rx_ring_reports_kernel_drops_v3() {
+    a_full_rx_ring_reports_kernel_drops(RingVersion::V3);
+}
+
+fn a_full_rx_ring_reports_kernel_drops(v: RingVersion) {
+    if !netns::require_root(&format!("a_full_rx_ring_reports_kernel_drops ({v:?})")) {
         return;
     }
     const SENT: u64 = 300;
@@ -496,7 +582,7 @@ fn a_full_rx_ring_reports_kernel_drops() {
         rx_block_size: 4096,
         rx_block_count: 2,
         rx_frame_size: 2048,
-        ..RingConfig::default()
+        ..cfg(v)
     };
     let mut ring = ring_in(&p.b, "lpb", &config);
     let mut sender = socket_in(&p.a, "lpa");
@@ -519,12 +605,23 @@ fn a_full_rx_ring_reports_kernel_drops() {
 }
 
 #[test]
-fn vlan_tags_stripped_by_the_kernel_are_reported_and_restorable() {
-    if !netns::require_root("vlan_tags_stripped_by_the_kernel_are_reported_and_restorable") {
+fn vlan_tags_stripped_by_the_kernel_are_reported_and_restorable_v2() {
+    vlan_tags_stripped_by_the_kernel_are_reported_and_restorable(RingVersion::V2);
+}
+
+#[test]
+fn vlan_tags_stripped_by_the_kernel_are_reported_and_restorable_v3() {
+    vlan_tags_stripped_by_the_kernel_are_reported_and_restorable(RingVersion::V3);
+}
+
+fn vlan_tags_stripped_by_the_kernel_are_reported_and_restorable(v: RingVersion) {
+    if !netns::require_root(&format!(
+        "vlan_tags_stripped_by_the_kernel_are_reported_and_restorable ({v:?})"
+    )) {
         return;
     }
     let p = pair("vlan");
-    let mut ring = ring_in(&p.b, "lpb", &RingConfig::default());
+    let mut ring = ring_in(&p.b, "lpb", &cfg(v));
     let mut sender = socket_in(&p.a, "lpa");
     // 802.1Q tag: priority 3, VLAN 100; inner EtherType 0x88b5.
     let mut tagged = vec![0xff; 6];
@@ -550,4 +647,36 @@ fn vlan_tags_stripped_by_the_kernel_are_reported_and_restorable() {
     assert_eq!((vlan.tpid, vlan.tci), (0x8100, 0x6064));
     assert_eq!(data[12..14], [0x88, 0xb5], "ring data is untagged");
     assert_eq!(restored, tagged, "copy_tagged restores the wire frame");
+}
+
+#[test]
+fn a_v2_frame_is_readable_at_once_while_v3_waits_for_the_block_timeout() {
+    if !netns::require_root("a_v2_frame_is_readable_at_once_while_v3_waits_for_the_block_timeout") {
+        return;
+    }
+    let p = pair("v2lat");
+    // A long retire timeout makes the V3 delay unmistakable; V2 has no blocks to retire.
+    let slow = |v| RingConfig {
+        block_timeout_ms: 2000,
+        ..cfg(v)
+    };
+    let mut v2 = ring_in(&p.b, "lpb", &slow(RingVersion::V2));
+    let mut v3 = ring_in(&p.b, "lpb", &slow(RingVersion::V3));
+    let mut sender = socket_in(&p.a, "lpa");
+    let frame = numbered(SENDER, 1, 60);
+    let start = Instant::now();
+    sender.send(&frame).unwrap();
+    let got = collect_from(&mut v2, SENDER, 1, Duration::from_secs(1));
+    let v2_delay = start.elapsed();
+    assert_eq!(got, vec![frame.clone()]);
+    assert!(v2_delay < Duration::from_millis(500), "{v2_delay:?}");
+    assert!(
+        collect_from(&mut v3, SENDER, 1, Duration::from_millis(300)).is_empty(),
+        "the V3 block is still open"
+    );
+    assert_eq!(
+        collect_from(&mut v3, SENDER, 1, Duration::from_secs(3)),
+        vec![frame],
+        "the V3 block retires after its timeout"
+    );
 }

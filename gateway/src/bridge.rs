@@ -7,9 +7,11 @@
 //! 2. Uplink events keep the [`LanFilter`]'s set of remote client MACs in step with the room
 //!    (the welcome's peers, joins, leaves; cleared when the link drops) and change the status
 //!    line.
-//! 3. LAN → room: every ready RX block is walked; each frame goes through
+//! 3. LAN → room: every ready RX block (with the default TPACKET_V2 ring, every run of ready
+//!    frame slots) is walked; each frame goes through
 //!    [`LanFilter::decide`], and a forwarded frame is copied once, VLAN tag restored, into a
-//!    reusable buffer and handed to [`Uplink::send_frame`] (MSS clamp, fragmentation). The ring
+//!    reusable buffer (where a TCP/UDP checksum the sender left to hardware is completed, see
+//!    [`checksum`](crate::checksum)) and handed to [`Uplink::send_frame`] (MSS clamp, fragmentation). The ring
 //!    is drained completely on every turn, so the io_uring backend's edge-triggered readiness
 //!    report for the ring fd can never be missed; sends are pushed to the UDP backend every
 //!    [`TRANSMIT_EVERY`] frames so a burst does not overflow QUIC's datagram queue.
@@ -42,6 +44,8 @@ use lanparty_datapath::io::Interest;
 use lanparty_datapath::switch::{LanFilter, LanVerdict};
 use lanparty_datapath::sys::afpacket::{PacketRing, TxError};
 
+use crate::checksum::{Completion, complete_l4_checksum};
+
 /// The token the ring fd is watched with.
 pub const RING_TOKEN: u64 = 0x6761_7465;
 /// How often the counters go to the relay.
@@ -70,6 +74,9 @@ pub struct BridgeCounters {
     pub lan_refused: u64,
     /// LAN frames cut short by the ring or larger than the copy buffer.
     pub lan_truncated: u64,
+    /// LAN frames whose TCP/UDP checksum the sender left to hardware and the bridge completed
+    /// before sending them into the room.
+    pub lan_checksums_completed: u64,
     /// Frames received from the room.
     pub room_frames: u64,
     /// Room frames queued on the TX ring.
@@ -242,6 +249,11 @@ impl Bridge {
                     self.counters.lan_truncated += 1;
                     continue;
                 };
+                if frame.checksum_not_ready()
+                    && complete_l4_checksum(&mut self.buf[..len]) == Completion::Completed
+                {
+                    self.counters.lan_checksums_completed += 1;
+                }
                 if self.uplink.send_frame(&mut self.buf[..len]) {
                     self.counters.lan_forwarded += 1;
                     self.counters.lan_forwarded_bytes += len as u64;
@@ -339,6 +351,7 @@ impl Bridge {
             lan_frames = c.lan_frames,
             lan_to_room = c.lan_forwarded,
             lan_to_room_bytes = c.lan_forwarded_bytes,
+            lan_checksums_completed = c.lan_checksums_completed,
             room_to_lan = c.room_to_lan,
             clients = self.filter.remote_count(),
             drops = %drops.join(" "),

@@ -1,18 +1,21 @@
 //! `lanparty-gateway`: bridges a party LAN's network interface into a softlan room.
 //!
 //! The gateway joins a relay room with role `gateway` and the NIC's own MAC, reads the LAN
-//! through an AF_PACKET TPACKET_V3 RX ring, sends the frames remote players need (to a client's
+//! through an AF_PACKET RX ring (TPACKET_V2 by default, TPACKET_V3 with `--rx-ring v3`; see
+//! [`RxRingMode`] for the trade-off), sends the frames remote players need (to a client's
 //! MAC, broadcast, multicast) into the room, and writes the room's frames onto the LAN through
 //! the TX ring. Everything runs on one thread:
 //!
 //! - [`config`]: flags, config file and join link, combined into a [`GatewayConfig`].
 //! - [`bridge`]: the datapath loop ([`Bridge`]).
+//! - [`checksum`]: completing TCP/UDP checksums that local senders left to hardware.
 //! - [`sys`]: the signal flag and the interface MAC (the only `unsafe` in this crate).
 //!
 //! [`start`] opens everything in the right order and turns each failure into a one-line error
 //! that says what to do.
 
 pub mod bridge;
+pub mod checksum;
 pub mod config;
 #[allow(unsafe_code)]
 pub mod sys;
@@ -22,7 +25,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 pub use bridge::{Bridge, BridgeCounters};
-pub use config::{Cli, ConfigError, FileConfig, GatewayConfig};
+pub use config::{Cli, ConfigError, FileConfig, GatewayConfig, RxRingMode};
 
 use lanparty_control::msg::{Hello, MIN_DATAGRAM_BUDGET, PROTOCOL_VERSION, Role};
 use lanparty_control::session::SessionConfig;
@@ -32,7 +35,9 @@ use lanparty_datapath::io;
 use lanparty_datapath::quic::tls::{self, TlsError};
 use lanparty_datapath::quic::{Driver, DriverConfig};
 use lanparty_datapath::runner::Runner;
-use lanparty_datapath::sys::afpacket::{AfPacketError, PacketRing, RingConfig, nic_warnings};
+use lanparty_datapath::sys::afpacket::{
+    AfPacketError, PacketRing, RingConfig, RingVersion, nic_warnings,
+};
 
 /// Why the gateway could not start. Every message is one line that says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +83,7 @@ pub enum StartError {
 /// See [`StartError`].
 pub fn start(config: &GatewayConfig, now: Instant) -> Result<Bridge, StartError> {
     let ifname = &config.interface;
-    let ring = PacketRing::open(ifname, &RingConfig::default())?;
+    let ring = PacketRing::open(ifname, &ring_config(config.rx_ring))?;
     for warning in nic_warnings(ifname) {
         tracing::warn!("{warning}");
     }
@@ -112,6 +117,7 @@ pub fn start(config: &GatewayConfig, now: Instant) -> Result<Bridge, StartError>
         relay = %relay_text,
         address = %relay,
         backend = %backend.kind(),
+        rx_ring = ?config.rx_ring,
         "starting gateway"
     );
 
@@ -149,6 +155,17 @@ pub fn start(config: &GatewayConfig, now: Instant) -> Result<Bridge, StartError>
         },
     );
     Bridge::new(now, ring, uplink, config.room.as_str()).map_err(StartError::Socket)
+}
+
+/// The packet ring settings for `mode`: the datapath's defaults with the chosen layout.
+pub fn ring_config(mode: RxRingMode) -> RingConfig {
+    RingConfig {
+        version: match mode {
+            RxRingMode::V2 => RingVersion::V2,
+            RxRingMode::V3 => RingVersion::V3,
+        },
+        ..RingConfig::default()
+    }
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {

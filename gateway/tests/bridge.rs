@@ -379,3 +379,96 @@ fn an_interface_that_is_down_is_a_one_line_error() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("ip link set lpdown0 up"), "{err}");
 }
+
+/// Whether `frame` is IPv4 UDP to `port` (or a TCP SYN to `port`) whose checksum is the one
+/// etherparse computes for it; `None` when it is not such a frame.
+fn l4_checksum_valid(frame: &[u8], port: u16) -> Option<bool> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(NetSlice::Ipv4(ip)) = p.net.as_ref() else {
+        return None;
+    };
+    let (src, dst) = (ip.header().source(), ip.header().destination());
+    match p.transport.as_ref()? {
+        TransportSlice::Udp(u) if u.destination_port() == port => {
+            let h = u.to_header();
+            Some(h.checksum == h.calc_checksum_ipv4_raw(src, dst, u.payload()).ok()?)
+        }
+        TransportSlice::Tcp(t) if t.destination_port() == port && t.syn() => {
+            let h = t.to_header();
+            Some(h.checksum == h.calc_checksum_ipv4_raw(src, dst, t.payload()).ok()?)
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn udp_and_tcp_from_a_host_with_checksum_offload_reach_the_client_with_valid_checksums() {
+    if !require_root(
+        "udp_and_tcp_from_a_host_with_checksum_offload_reach_the_client_with_valid_checksums",
+    ) {
+        return;
+    }
+    let mut party = Party::start("gwcsum");
+    let ns = &party.lan.ns;
+    // lph1 is a veth with tx checksum offload on (the default): its kernel sockets leave the
+    // TCP/UDP checksum to "hardware", and the gateway's ring sees the frames unfinished.
+    let offload = ns.exec(&["ethtool", "-k", "lph1"]).expect("ethtool -k");
+    let offload = String::from_utf8_lossy(&offload.stdout).into_owned();
+    assert!(
+        offload.contains("tx-checksum-ip-generic: on") || offload.is_empty(),
+        "veth checksum offload expected on: {offload}"
+    );
+    ns.ip(&["addr", "add", "198.18.0.11/24", "dev", "lph1"])
+        .unwrap();
+    // The player's MAC stands for a remote address, so the gateway forwards to it.
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "198.18.0.50",
+        "lladdr",
+        &CLIENT.to_string(),
+        "dev",
+        "lph1",
+    ])
+    .unwrap();
+    const UDP_PORT: u16 = 27015;
+    const TCP_PORT: u16 = 27016;
+    ns.run_in(|| {
+        let udp = std::net::UdpSocket::bind("198.18.0.11:0").unwrap();
+        for len in [1, 20, 333, 1400] {
+            udp.send_to(
+                &payload(b"csum", len.max(4))[..len],
+                ("198.18.0.50", UDP_PORT),
+            )
+            .unwrap();
+        }
+        // Nobody answers: the SYN leaves and the connect times out.
+        let _ = std::net::TcpStream::connect_timeout(
+            &"198.18.0.50:27016".parse().unwrap(),
+            Duration::from_millis(200),
+        );
+    })
+    .unwrap();
+    party
+        .player
+        .pump_until("the UDP datagrams and the SYN at the player", WAIT, |p| {
+            let udp = p
+                .frames
+                .iter()
+                .filter(|f| l4_checksum_valid(f, UDP_PORT).is_some())
+                .count();
+            let tcp = p
+                .frames
+                .iter()
+                .any(|f| l4_checksum_valid(f, TCP_PORT).is_some());
+            udp == 4 && tcp
+        });
+    for f in &party.player.frames {
+        for port in [UDP_PORT, TCP_PORT] {
+            if let Some(valid) = l4_checksum_valid(f, port) {
+                assert!(valid, "bad L4 checksum in {:02x?}", &f[..]);
+            }
+        }
+    }
+}

@@ -484,28 +484,9 @@ impl Lab {
             let n = &mut self.nodes[i];
             n.ns.add_addr("eth0", IpAddr::V4(addr), 24)?;
             n.ns.ip(&["route", "add", "default", "via", &LAN_ROUTER.to_string()])?;
-            // A veth hands its TCP/UDP packets on with the checksum left to "hardware"
-            // (CHECKSUM_PARTIAL), and packet sockets on the bridge, such as the gateway's, see
-            // them unfinished. Frames from a real NIC always carry their checksum, so the LAN
-            // hosts compute theirs in software, as a machine on the wire does.
-            if let Err(e) =
-                n.ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])
-                    .and_then(|o| {
-                        if o.status.success() {
-                            Ok(())
-                        } else {
-                            Err(std::io::Error::other(
-                                String::from_utf8_lossy(&o.stderr).trim().to_owned(),
-                            ))
-                        }
-                    })
-            {
-                self.notes.push(format!(
-                    "{role}: could not turn off checksum offload on eth0 (ethtool -K eth0 tx \
-                     off: {e}); TCP/UDP from the LAN hosts may arrive at tunnelled clients with \
-                     bad checksums"
-                ));
-            }
+            // The hosts keep the veth's checksum offload on (the default): TCP/UDP frames reach
+            // the gateway's ring with the checksum left to "hardware", and the gateway completes
+            // it before they enter the room.
             n.lan_if = Some("eth0".into());
             n.lan_addr = Some(addr);
         }

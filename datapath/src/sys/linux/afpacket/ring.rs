@@ -1,13 +1,20 @@
-//! The user-space side of the TPACKET_V3 ring protocol, independent of any socket.
+//! The user-space side of the TPACKET_V2 and TPACKET_V3 ring protocols, independent of any
+//! socket.
 //!
-//! The RX ring is a sequence of blocks. The kernel fills a block with packets (each a
+//! TPACKET_V3 ([`RingVersion::V3`]): the RX ring is a sequence of blocks. The kernel fills a block with packets (each a
 //! `tpacket3_hdr` followed by the frame at `tp_mac`, chained by `tp_next_offset`) and hands it
 //! over by setting `TP_STATUS_USER` in the block's `block_status`; we read every packet and hand
 //! the block back by writing `TP_STATUS_KERNEL`. Both sides walk the blocks in order and wrap
 //! around at the end.
 //!
-//! The TX ring is a sequence of fixed-size slots (TPACKET_V3 TX uses `tpacket3_hdr` frames,
-//! `tp_next_offset` must be 0). A slot is ours while its `tp_status` is `TP_STATUS_AVAILABLE`; we
+//! TPACKET_V2 ([`RingVersion::V2`]): the RX ring is a sequence of fixed-size frame slots, each a
+//! `tpacket2_hdr` with its own `tp_status`; the kernel hands a slot over by setting
+//! `TP_STATUS_USER` as soon as it has written the frame, and we hand it back by writing
+//! `TP_STATUS_KERNEL`. To keep one API for both, [`RxRing::next_block`] returns a run of
+//! consecutive ready slots as an [`RxBlock`], and dropping it hands back every slot of the run.
+//!
+//! The TX ring is a sequence of fixed-size slots (`tpacket2_hdr` or `tpacket3_hdr` frames; for
+//! V3 `tp_next_offset` must be 0). A slot is ours while its `tp_status` is `TP_STATUS_AVAILABLE`; we
 //! write the frame after the header, set `tp_len` and mark it `TP_STATUS_SEND_REQUEST`; the
 //! kernel sends it on the next `send()` and sets it available again once the frame has left.
 //!
@@ -47,7 +54,34 @@ mod pkt {
     pub(super) const HDR_LEN: usize = 48;
 }
 
+/// Byte layout of `struct tpacket2_hdr`.
+mod pkt2 {
+    pub(super) const STATUS: usize = 0;
+    pub(super) const LEN: usize = 4;
+    pub(super) const SNAPLEN: usize = 8;
+    pub(super) const MAC: usize = 12;
+    pub(super) const SEC: usize = 16;
+    pub(super) const NSEC: usize = 20;
+    pub(super) const VLAN_TCI: usize = 24;
+    pub(super) const VLAN_TPID: usize = 26;
+    /// `TPACKET_ALIGN(sizeof(struct tpacket2_hdr))`: where TX frame data starts in a slot.
+    pub(super) const HDR_LEN: usize = 32;
+}
+
 // The offsets above must match the C structures as libc declares them.
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(offset_of!(libc::tpacket2_hdr, tp_status) == pkt2::STATUS);
+    assert!(offset_of!(libc::tpacket2_hdr, tp_len) == pkt2::LEN);
+    assert!(offset_of!(libc::tpacket2_hdr, tp_snaplen) == pkt2::SNAPLEN);
+    assert!(offset_of!(libc::tpacket2_hdr, tp_mac) == pkt2::MAC);
+    assert!(offset_of!(libc::tpacket2_hdr, tp_sec) == pkt2::SEC);
+    assert!(offset_of!(libc::tpacket2_hdr, tp_nsec) == pkt2::NSEC);
+    assert!(offset_of!(libc::tpacket2_hdr, tp_vlan_tci) == pkt2::VLAN_TCI);
+    assert!(offset_of!(libc::tpacket2_hdr, tp_vlan_tpid) == pkt2::VLAN_TPID);
+    assert!(size_of::<libc::tpacket2_hdr>() == pkt2::HDR_LEN);
+};
+
 const _: () = {
     use std::mem::{offset_of, size_of};
     assert!(size_of::<libc::tpacket_block_desc>() == block::LEN);
@@ -80,6 +114,7 @@ const STATUS_VLAN_TPID_VALID: u32 = libc::TP_STATUS_VLAN_TPID_VALID;
 const STATUS_AVAILABLE: u32 = libc::TP_STATUS_AVAILABLE;
 const STATUS_SEND_REQUEST: u32 = libc::TP_STATUS_SEND_REQUEST;
 const STATUS_WRONG_FORMAT: u32 = libc::TP_STATUS_WRONG_FORMAT;
+const STATUS_CSUMNOTREADY: u32 = libc::TP_STATUS_CSUMNOTREADY;
 
 /// Reads a native-endian `u32` at `p`.
 ///
@@ -112,6 +147,20 @@ unsafe fn status_word<'a>(p: *mut u8) -> &'a AtomicU32 {
     unsafe { AtomicU32::from_ptr(p.cast::<u32>()) }
 }
 
+/// The ring layout of a packet socket (`PACKET_VERSION`); the kernel applies one per socket, to
+/// both rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RingVersion {
+    /// TPACKET_V2: fixed-size RX slots with a status each; a frame is readable as soon as the
+    /// kernel has written it (lowest latency, one status word per frame).
+    V2,
+    /// TPACKET_V3: RX blocks packed with frames, handed over when full or after the block
+    /// timeout (fewer wake-ups and better packing at high rates, up to the timeout of delay).
+    #[default]
+    V3,
+}
+
 /// A VLAN tag the kernel removed from a received frame and reported beside it.
 ///
 /// Linux strips 802.1Q tags on receive before packet sockets see the frame, whatever the NIC
@@ -127,7 +176,8 @@ pub struct VlanTag {
 /// Counters of the RX walker, owned by the thread that reads the ring.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RxCounters {
-    /// Blocks handed to us by the kernel.
+    /// Blocks handed to us by the kernel (with TPACKET_V2: runs of ready frame slots read at
+    /// once).
     pub blocks: u64,
     /// Frames in those blocks.
     pub frames: u64,
@@ -139,12 +189,15 @@ pub struct RxCounters {
     pub malformed: u64,
 }
 
-/// The RX half: walks TPACKET_V3 blocks in a mapping.
+/// The RX half: walks TPACKET_V3 blocks or TPACKET_V2 frame slots in a mapping.
 #[derive(Debug)]
 pub(crate) struct RxRing {
     mem: Arc<Mmap>,
     offset: usize,
+    version: RingVersion,
+    /// V3: block size; V2: slot size.
     block_size: usize,
+    /// V3: number of blocks; V2: number of slots.
     block_count: usize,
     next: usize,
     counters: RxCounters,
@@ -175,11 +228,35 @@ impl RxRing {
         Self {
             mem,
             offset,
+            version: RingVersion::V3,
             block_size,
             block_count,
             next: 0,
             counters: RxCounters::default(),
         }
+    }
+
+    /// A TPACKET_V2 walker over `frame_count` slots of `frame_size` bytes starting at `offset`
+    /// in `mem` (the kernel's blocks must hold whole slots, so the slots are contiguous).
+    ///
+    /// # Panics
+    ///
+    /// When the ring does not fit in `mem`, a slot is smaller than its header, or slots are not
+    /// 16-byte aligned (programming errors: the sizes come from our own configuration).
+    pub(crate) fn new_v2(
+        mem: Arc<Mmap>,
+        offset: usize,
+        frame_size: usize,
+        frame_count: usize,
+    ) -> Self {
+        assert!(
+            frame_size > pkt2::HDR_LEN
+                && frame_size.is_multiple_of(16)
+                && offset.is_multiple_of(16)
+        );
+        let mut ring = Self::new(mem, offset, frame_size, frame_count);
+        ring.version = RingVersion::V2;
+        ring
     }
 
     pub(crate) fn counters(&self) -> RxCounters {
@@ -195,6 +272,82 @@ impl RxRing {
     ///
     /// The block goes back to the kernel when the returned value is dropped.
     pub(crate) fn next_block(&mut self) -> Option<RxBlock<'_>> {
+        match self.version {
+            RingVersion::V2 => self.next_run_v2(),
+            RingVersion::V3 => self.next_block_v3(),
+        }
+    }
+
+    /// The run of consecutive slots, from `next` on, that the kernel has handed over.
+    fn next_run_v2(&mut self) -> Option<RxBlock<'_>> {
+        let mut slots = 0;
+        let mut valid = 0u32;
+        while slots < self.block_count {
+            let slot = self.block_ptr((self.next + slots) % self.block_count);
+            // SAFETY: slot starts are 16-aligned inside the live mapping (checked in `new_v2`);
+            // the status word is only touched atomically by us and with barriers by the kernel.
+            let status = unsafe { status_word(slot.add(pkt2::STATUS)) }.load(Ordering::Acquire);
+            if status & STATUS_USER == 0 {
+                break;
+            }
+            slots += 1;
+            match self.packet_at_v2(slot) {
+                Some(meta) => {
+                    valid += 1;
+                    if meta.truncated {
+                        self.counters.truncated += 1;
+                    }
+                }
+                None => self.counters.malformed += 1,
+            }
+        }
+        if slots == 0 {
+            return None;
+        }
+        self.counters.blocks += 1;
+        self.counters.frames += u64::from(valid);
+        Some(RxBlock {
+            base: self.block_ptr(self.next),
+            first: self.next,
+            num_pkts: valid,
+            slots,
+            ring: self,
+        })
+    }
+
+    /// Reads and bounds-checks the TPACKET_V2 header of the slot at `slot`.
+    fn packet_at_v2(&self, slot: *mut u8) -> Option<PacketMeta> {
+        // SAFETY: the header lies inside the slot (`frame_size > HDR_LEN`, checked in `new_v2`).
+        let (snaplen, len, status, mac, tci, tpid, sec, nsec) = unsafe {
+            (
+                read_u32(slot.add(pkt2::SNAPLEN)),
+                read_u32(slot.add(pkt2::LEN)),
+                read_u32(slot.add(pkt2::STATUS)),
+                read_u16(slot.add(pkt2::MAC)),
+                read_u16(slot.add(pkt2::VLAN_TCI)),
+                read_u16(slot.add(pkt2::VLAN_TPID)),
+                read_u32(slot.add(pkt2::SEC)),
+                read_u32(slot.add(pkt2::NSEC)),
+            )
+        };
+        let data_start = usize::from(mac);
+        let data_end = data_start.checked_add(snaplen as usize)?;
+        if data_start < pkt2::HDR_LEN || data_end > self.block_size {
+            return None;
+        }
+        Some(PacketMeta::new(
+            0,
+            data_start,
+            snaplen,
+            len,
+            status,
+            (tci, tpid),
+            (sec, nsec),
+        ))
+    }
+
+    /// The TPACKET_V3 block at `next` if the kernel has retired it.
+    fn next_block_v3(&mut self) -> Option<RxBlock<'_>> {
         let base = self.block_ptr(self.next);
         // SAFETY: block starts are 8-aligned inside the live mapping (checked in `new`); the
         // status word is only touched atomically by us and with barriers by the kernel.
@@ -239,6 +392,7 @@ impl RxRing {
             base,
             first,
             num_pkts: valid,
+            slots: 0,
         })
     }
 
@@ -267,24 +421,15 @@ impl RxRing {
         if data_end > self.block_size {
             return None;
         }
-        let vlan = (status & STATUS_VLAN_VALID != 0).then_some(VlanTag {
-            tpid: if status & STATUS_VLAN_TPID_VALID != 0 {
-                tpid
-            } else {
-                0x8100
-            },
-            tci: tci as u16,
-        });
-        Some(PacketMeta {
+        Some(PacketMeta::new(
             next_offset,
             data_start,
-            data_len: snaplen as usize,
-            wire_len: len,
-            truncated: snaplen < len || status & STATUS_COPY != 0,
-            vlan,
-            sec,
-            nsec,
-        })
+            snaplen,
+            len,
+            status,
+            (tci as u16, tpid),
+            (sec, nsec),
+        ))
     }
 }
 
@@ -294,20 +439,58 @@ struct PacketMeta {
     data_len: usize,
     wire_len: u32,
     truncated: bool,
+    csum_not_ready: bool,
     vlan: Option<VlanTag>,
     sec: u32,
     nsec: u32,
 }
 
-/// A block of received frames that the kernel has handed to us; dropping it hands it back.
+impl PacketMeta {
+    fn new(
+        next_offset: u32,
+        data_start: usize,
+        snaplen: u32,
+        len: u32,
+        status: u32,
+        (tci, tpid): (u16, u16),
+        (sec, nsec): (u32, u32),
+    ) -> Self {
+        let vlan = (status & STATUS_VLAN_VALID != 0).then_some(VlanTag {
+            tpid: if status & STATUS_VLAN_TPID_VALID != 0 {
+                tpid
+            } else {
+                0x8100
+            },
+            tci,
+        });
+        Self {
+            next_offset,
+            data_start,
+            data_len: snaplen as usize,
+            wire_len: len,
+            truncated: snaplen < len || status & STATUS_COPY != 0,
+            csum_not_ready: status & STATUS_CSUMNOTREADY != 0,
+            vlan,
+            sec,
+            nsec,
+        }
+    }
+}
+
+/// A block of received frames that the kernel has handed to us (with TPACKET_V2, a run of ready
+/// frame slots); dropping it hands it back.
 ///
 /// Frames borrow the block, so none can outlive its return to the kernel.
 #[derive(Debug)]
 pub struct RxBlock<'r> {
     ring: &'r mut RxRing,
+    /// V3: the block; V2: the first slot of the run.
     base: *mut u8,
+    /// V3: offset of the first packet in the block; V2: index of the first slot.
     first: usize,
     num_pkts: u32,
+    /// V2: slots in the run (malformed ones included); 0 for V3.
+    slots: usize,
 }
 
 impl RxBlock<'_> {
@@ -316,7 +499,7 @@ impl RxBlock<'_> {
         self.num_pkts as usize
     }
 
-    /// Whether the block holds no frames (a block retired by the timeout while empty).
+    /// Whether the block holds no frames (a V3 block retired by the timeout while empty).
     pub fn is_empty(&self) -> bool {
         self.num_pkts == 0
     }
@@ -328,17 +511,31 @@ impl RxBlock<'_> {
             base: self.base,
             off: self.first,
             left: self.num_pkts,
+            slots_left: self.slots,
         }
     }
 }
 
 impl Drop for RxBlock<'_> {
     fn drop(&mut self) {
+        let ring = &mut *self.ring;
+        if ring.version == RingVersion::V2 {
+            for i in 0..self.slots {
+                let slot = ring.block_ptr((self.first + i) % ring.block_count);
+                // SAFETY: slot starts are 16-aligned inside the live mapping; no frame slice of
+                // this run is alive (they borrow `self`). Release orders our reads before the
+                // hand-back.
+                unsafe { status_word(slot.add(pkt2::STATUS)) }
+                    .store(STATUS_KERNEL, Ordering::Release);
+            }
+            ring.next = (self.first + self.slots) % ring.block_count;
+            return;
+        }
         // SAFETY: the block start is 8-aligned inside the live mapping; no frame slice of this
         // block is alive (they borrow `self`). Release orders our reads before the hand-back.
         unsafe { status_word(self.base.add(block::BLOCK_STATUS)) }
             .store(STATUS_KERNEL, Ordering::Release);
-        self.ring.next = (self.ring.next + 1) % self.ring.block_count;
+        ring.next = (ring.next + 1) % ring.block_count;
     }
 }
 
@@ -347,8 +544,11 @@ impl Drop for RxBlock<'_> {
 pub struct RxFrames<'b> {
     ring: &'b RxRing,
     base: *mut u8,
+    /// V3: offset of the next packet in the block; V2: index of the next slot.
     off: usize,
     left: u32,
+    /// V2: slots of the run not yet visited.
+    slots_left: usize,
 }
 
 impl<'b> Iterator for RxFrames<'b> {
@@ -358,20 +558,37 @@ impl<'b> Iterator for RxFrames<'b> {
         if self.left == 0 {
             return None;
         }
-        // `next_block` validated the first `num_pkts` headers of the chain.
-        let meta = self.ring.packet_at(self.base, self.off)?;
+        let (base, meta) = if self.ring.version == RingVersion::V2 {
+            // Skip the malformed slots `next_run_v2` counted; `left` valid ones remain.
+            loop {
+                if self.slots_left == 0 {
+                    return None;
+                }
+                let slot = self.ring.block_ptr(self.off % self.ring.block_count);
+                self.off += 1;
+                self.slots_left -= 1;
+                if let Some(meta) = self.ring.packet_at_v2(slot) {
+                    break (slot, meta);
+                }
+            }
+        } else {
+            // `next_block` validated the first `num_pkts` headers of the chain.
+            let meta = self.ring.packet_at(self.base, self.off)?;
+            self.off += meta.next_offset as usize;
+            (self.base, meta)
+        };
         self.left -= 1;
-        self.off += meta.next_offset as usize;
-        // SAFETY: `packet_at` checked that the data lies inside the block, the block belongs to
+        // SAFETY: `packet_at`/`packet_at_v2` checked that the data lies inside the block, the block belongs to
         // user space until the `RxBlock` (which this iterator borrows) is dropped, and the
         // mapping outlives the block.
         let data = unsafe {
-            std::slice::from_raw_parts(self.base.add(meta.data_start).cast_const(), meta.data_len)
+            std::slice::from_raw_parts(base.add(meta.data_start).cast_const(), meta.data_len)
         };
         Some(RxFrame {
             data,
             wire_len: meta.wire_len,
             truncated: meta.truncated,
+            csum_not_ready: meta.csum_not_ready,
             vlan: meta.vlan,
             sec: meta.sec,
             nsec: meta.nsec,
@@ -389,6 +606,7 @@ pub struct RxFrame<'b> {
     data: &'b [u8],
     wire_len: u32,
     truncated: bool,
+    csum_not_ready: bool,
     vlan: Option<VlanTag>,
     sec: u32,
     nsec: u32,
@@ -409,6 +627,14 @@ impl<'b> RxFrame<'b> {
     /// Whether the frame was cut short.
     pub fn is_truncated(&self) -> bool {
         self.truncated
+    }
+
+    /// Whether the sender left the TCP/UDP checksum to "hardware" (`TP_STATUS_CSUMNOTREADY`):
+    /// the frame comes from this host (a veth, container or VM behind a bridge) and its L4
+    /// checksum field holds only the pseudo-header sum. Forwarding such a frame off this host
+    /// needs the checksum completed first, or the receiver drops it.
+    pub fn checksum_not_ready(&self) -> bool {
+        self.csum_not_ready
     }
 
     /// The VLAN tag the kernel stripped, if any.
@@ -480,11 +706,12 @@ pub struct TxCounters {
     pub wrong_format: u64,
 }
 
-/// The TX half: fills fixed-size TPACKET_V3 slots in a mapping.
+/// The TX half: fills fixed-size TPACKET_V2 or TPACKET_V3 slots in a mapping.
 #[derive(Debug)]
 pub(crate) struct TxRing {
     mem: Arc<Mmap>,
     offset: usize,
+    version: RingVersion,
     frame_size: usize,
     frame_count: usize,
     /// Largest frame accepted; at most the slot capacity.
@@ -519,12 +746,35 @@ impl TxRing {
         Self {
             mem,
             offset,
+            version: RingVersion::V3,
             frame_size,
             frame_count,
             limit: frame_size - pkt::HDR_LEN,
             next: 0,
             pending: 0,
             counters: TxCounters::default(),
+        }
+    }
+
+    /// A writer over TPACKET_V2 slots (`tpacket2_hdr`, data at offset 32); otherwise as
+    /// [`new`](Self::new).
+    pub(crate) fn new_v2(
+        mem: Arc<Mmap>,
+        offset: usize,
+        frame_size: usize,
+        frame_count: usize,
+    ) -> Self {
+        let mut ring = Self::new(mem, offset, frame_size, frame_count);
+        ring.version = RingVersion::V2;
+        ring.limit = frame_size - pkt2::HDR_LEN;
+        ring
+    }
+
+    /// Where frame data starts in a slot.
+    fn data_offset(&self) -> usize {
+        match self.version {
+            RingVersion::V2 => pkt2::HDR_LEN,
+            RingVersion::V3 => pkt::HDR_LEN,
         }
     }
 
@@ -536,7 +786,7 @@ impl TxRing {
     /// Lowers the largest accepted frame to `limit` (never above the slot capacity): the kernel
     /// rejects frames longer than the device MTU allows, and a rejected slot must not reach it.
     pub(crate) fn limit_frame(&mut self, limit: usize) {
-        self.limit = limit.min(self.frame_size - pkt::HDR_LEN);
+        self.limit = limit.min(self.frame_size - self.data_offset());
     }
 
     pub(crate) fn counters(&self) -> TxCounters {
@@ -576,9 +826,13 @@ impl TxRing {
             });
         }
         let slot = self.slot_ptr(self.next);
+        let (status_at, len_at, snaplen_at) = match self.version {
+            RingVersion::V2 => (pkt2::STATUS, pkt2::LEN, pkt2::SNAPLEN),
+            RingVersion::V3 => (pkt::STATUS, pkt::LEN, pkt::SNAPLEN),
+        };
         // SAFETY: slot starts are 16-aligned inside the live mapping; the status word is shared
         // with the kernel and only accessed atomically here.
-        let status = unsafe { status_word(slot.add(pkt::STATUS)) };
+        let status = unsafe { status_word(slot.add(status_at)) };
         match status.load(Ordering::Acquire) {
             STATUS_AVAILABLE => {}
             STATUS_WRONG_FORMAT => self.counters.wrong_format += 1,
@@ -590,12 +844,14 @@ impl TxRing {
         // SAFETY: the slot is ours (status available); header and `len <= max_frame` data bytes
         // lie inside it. The kernel reads neither until the release store below.
         unsafe {
-            let data = std::slice::from_raw_parts_mut(slot.add(pkt::HDR_LEN), len);
+            let data = std::slice::from_raw_parts_mut(slot.add(self.data_offset()), len);
             fill(data);
             let len32 = len as u32;
-            slot.add(pkt::LEN).cast::<u32>().write_unaligned(len32);
-            slot.add(pkt::SNAPLEN).cast::<u32>().write_unaligned(len32);
-            slot.add(pkt::NEXT_OFFSET).cast::<u32>().write_unaligned(0);
+            slot.add(len_at).cast::<u32>().write_unaligned(len32);
+            slot.add(snaplen_at).cast::<u32>().write_unaligned(len32);
+            if self.version == RingVersion::V3 {
+                slot.add(pkt::NEXT_OFFSET).cast::<u32>().write_unaligned(0);
+            }
         }
         status.store(STATUS_SEND_REQUEST, Ordering::Release);
         self.next = (self.next + 1) % self.frame_count;
@@ -785,12 +1041,13 @@ mod tests {
     }
 
     #[test]
-    fn truncation_and_vlan_are_reported() {
+    fn truncation_vlan_and_unfinished_checksums_are_reported() {
         let (mut kernel, mut ring) = FakeRxKernel::new(2);
         assert!(kernel.retire(&[
             (&[9; 100], 3000, 0),
             (&[8; 64], 64, STATUS_VLAN_VALID),
             (&[7; 64], 64, STATUS_COPY),
+            (&[6; 64], 64, STATUS_CSUMNOTREADY),
         ]));
         let blk = ring.next_block().unwrap();
         let frames: Vec<RxFrame<'_>> = blk.frames().collect();
@@ -806,6 +1063,8 @@ mod tests {
         );
         assert!(!frames[1].is_truncated());
         assert!(frames[2].is_truncated());
+        assert!(frames[3].checksum_not_ready());
+        assert!(!frames[2].checksum_not_ready() && !frames[0].checksum_not_ready());
         drop(frames);
         drop(blk);
         assert_eq!(ring.counters().truncated, 2);
@@ -850,22 +1109,36 @@ mod tests {
     /// Plays the kernel's side of a TX ring: takes every requested slot in order.
     struct FakeTxKernel {
         mem: Arc<Mmap>,
+        version: RingVersion,
         frame_size: usize,
         frame_count: usize,
         next: usize,
     }
 
+    const VERSIONS: [RingVersion; 2] = [RingVersion::V2, RingVersion::V3];
+
     impl FakeTxKernel {
-        fn new(frame_size: usize, frame_count: usize) -> (Self, TxRing) {
+        fn new(version: RingVersion, frame_size: usize, frame_count: usize) -> (Self, TxRing) {
             let mem = Arc::new(Mmap::anonymous(frame_size * frame_count).unwrap());
-            let ring = TxRing::new(Arc::clone(&mem), 0, frame_size, frame_count);
+            let ring = match version {
+                RingVersion::V2 => TxRing::new_v2(Arc::clone(&mem), 0, frame_size, frame_count),
+                RingVersion::V3 => TxRing::new(Arc::clone(&mem), 0, frame_size, frame_count),
+            };
             let k = Self {
                 mem,
+                version,
                 frame_size,
                 frame_count,
                 next: 0,
             };
             (k, ring)
+        }
+
+        fn status_at(&self) -> usize {
+            match self.version {
+                RingVersion::V2 => pkt2::STATUS,
+                RingVersion::V3 => pkt::STATUS,
+            }
         }
 
         /// Sends up to `max` requested frames, like `tpacket_snd`, marking slots available.
@@ -875,15 +1148,25 @@ mod tests {
                 // SAFETY: slot inside the mapping, aligned status word.
                 let slot = unsafe { self.mem.as_ptr().add(self.next * self.frame_size) };
                 // SAFETY: as above.
-                let status = unsafe { status_word(slot.add(pkt::STATUS)) };
+                let status = unsafe { status_word(slot.add(self.status_at())) };
                 if status.load(Ordering::Acquire) != STATUS_SEND_REQUEST {
                     break;
                 }
                 // SAFETY: the header and `len` data bytes lie inside the slot.
                 let frame = unsafe {
-                    let len = read_u32(slot.add(pkt::LEN)) as usize;
-                    assert_eq!(read_u32(slot.add(pkt::NEXT_OFFSET)), 0);
-                    std::slice::from_raw_parts(slot.add(pkt::HDR_LEN), len).to_vec()
+                    match self.version {
+                        RingVersion::V2 => {
+                            // Like the kernel without PACKET_TX_HAS_OFF: data right after the
+                            // aligned header.
+                            let len = read_u32(slot.add(pkt2::LEN)) as usize;
+                            std::slice::from_raw_parts(slot.add(pkt2::HDR_LEN), len).to_vec()
+                        }
+                        RingVersion::V3 => {
+                            let len = read_u32(slot.add(pkt::LEN)) as usize;
+                            assert_eq!(read_u32(slot.add(pkt::NEXT_OFFSET)), 0);
+                            std::slice::from_raw_parts(slot.add(pkt::HDR_LEN), len).to_vec()
+                        }
+                    }
                 };
                 out.push(frame);
                 status.store(STATUS_AVAILABLE, Ordering::Release);
@@ -896,7 +1179,7 @@ mod tests {
             // SAFETY: slot inside the mapping, aligned status word.
             let slot = unsafe { self.mem.as_ptr().add(self.next * self.frame_size) };
             // SAFETY: as above.
-            unsafe { status_word(slot.add(pkt::STATUS)) }
+            unsafe { status_word(slot.add(self.status_at())) }
                 .store(STATUS_WRONG_FORMAT, Ordering::Release);
         }
     }
@@ -907,60 +1190,237 @@ mod tests {
 
     #[test]
     fn tx_frames_reach_the_kernel_in_order() {
-        let (mut kernel, mut ring) = FakeTxKernel::new(256, 4);
-        push(&mut ring, b"first").unwrap();
-        push(&mut ring, &[0x55; 208]).unwrap();
-        assert_eq!(ring.pending(), 2);
-        assert_eq!(kernel.send(16), vec![b"first".to_vec(), vec![0x55; 208]]);
+        for v in VERSIONS {
+            let (mut kernel, mut ring) = FakeTxKernel::new(v, 256, 4);
+            push(&mut ring, b"first").unwrap();
+            push(&mut ring, &[0x55; 208]).unwrap();
+            assert_eq!(ring.pending(), 2);
+            assert_eq!(
+                kernel.send(16),
+                vec![b"first".to_vec(), vec![0x55; 208]],
+                "{v:?}"
+            );
+        }
     }
 
     #[test]
     fn tx_ring_full_until_kernel_frees_slots_then_wraps() {
-        let (mut kernel, mut ring) = FakeTxKernel::new(256, 3);
-        for i in 0..3u8 {
-            push(&mut ring, &[i]).unwrap();
+        for v in VERSIONS {
+            let (mut kernel, mut ring) = FakeTxKernel::new(v, 256, 3);
+            for i in 0..3u8 {
+                push(&mut ring, &[i]).unwrap();
+            }
+            assert_eq!(push(&mut ring, &[9]), Err(TxError::RingFull));
+            assert_eq!(ring.counters().ring_full, 1);
+            assert_eq!(kernel.send(2), vec![vec![0], vec![1]]);
+            push(&mut ring, &[3]).unwrap();
+            push(&mut ring, &[4]).unwrap();
+            assert_eq!(push(&mut ring, &[5]), Err(TxError::RingFull));
+            assert_eq!(kernel.send(16), vec![vec![2], vec![3], vec![4]]);
+            let mut sent = Vec::new();
+            for i in 0..100u8 {
+                push(&mut ring, &[i]).unwrap();
+                sent.extend(kernel.send(1));
+            }
+            assert_eq!(sent, (0..100u8).map(|i| vec![i]).collect::<Vec<_>>());
+            assert_eq!(ring.counters().frames, 105, "{v:?}");
         }
-        assert_eq!(push(&mut ring, &[9]), Err(TxError::RingFull));
-        assert_eq!(ring.counters().ring_full, 1);
-        assert_eq!(kernel.send(2), vec![vec![0], vec![1]]);
-        push(&mut ring, &[3]).unwrap();
-        push(&mut ring, &[4]).unwrap();
-        assert_eq!(push(&mut ring, &[5]), Err(TxError::RingFull));
-        assert_eq!(kernel.send(16), vec![vec![2], vec![3], vec![4]]);
-        let mut sent = Vec::new();
-        for i in 0..100u8 {
-            push(&mut ring, &[i]).unwrap();
-            sent.extend(kernel.send(1));
-        }
-        assert_eq!(sent, (0..100u8).map(|i| vec![i]).collect::<Vec<_>>());
-        assert_eq!(ring.counters().frames, 105);
     }
 
     #[test]
     fn oversized_tx_frames_are_refused() {
-        let (_kernel, mut ring) = FakeTxKernel::new(256, 2);
-        assert_eq!(ring.max_frame(), 256 - 48);
-        assert_eq!(
-            push(&mut ring, &[0; 209]),
-            Err(TxError::TooLarge { len: 209, max: 208 })
-        );
-        assert_eq!(ring.counters().too_large, 1);
-        assert_eq!(ring.pending(), 0);
-        ring.limit_frame(100);
-        assert_eq!(
-            push(&mut ring, &[0; 101]),
-            Err(TxError::TooLarge { len: 101, max: 100 })
-        );
-        push(&mut ring, &[0; 100]).unwrap();
-        ring.limit_frame(10_000);
-        assert_eq!(ring.max_frame(), 208, "never above the slot capacity");
+        for (v, max) in [(RingVersion::V2, 256 - 32), (RingVersion::V3, 256 - 48)] {
+            let (_kernel, mut ring) = FakeTxKernel::new(v, 256, 2);
+            assert_eq!(ring.max_frame(), max);
+            assert_eq!(
+                push(&mut ring, &[0; 300][..max + 1]),
+                Err(TxError::TooLarge { len: max + 1, max })
+            );
+            assert_eq!(ring.counters().too_large, 1);
+            assert_eq!(ring.pending(), 0);
+            ring.limit_frame(100);
+            assert_eq!(
+                push(&mut ring, &[0; 101]),
+                Err(TxError::TooLarge { len: 101, max: 100 })
+            );
+            push(&mut ring, &[0; 100]).unwrap();
+            ring.limit_frame(10_000);
+            assert_eq!(ring.max_frame(), max, "never above the slot capacity");
+        }
     }
 
     #[test]
     fn slots_the_kernel_rejected_are_reused_and_counted() {
-        let (kernel, mut ring) = FakeTxKernel::new(256, 2);
-        kernel.reject_next();
-        push(&mut ring, &[1]).unwrap();
-        assert_eq!(ring.counters().wrong_format, 1);
+        for v in VERSIONS {
+            let (kernel, mut ring) = FakeTxKernel::new(v, 256, 2);
+            kernel.reject_next();
+            push(&mut ring, &[1]).unwrap();
+            assert_eq!(ring.counters().wrong_format, 1);
+        }
+    }
+
+    /// Plays the kernel's side of a TPACKET_V2 RX ring: one frame per slot, handed over at once.
+    struct FakeRxKernelV2 {
+        mem: Arc<Mmap>,
+        slot_count: usize,
+        next: usize,
+        drops: u64,
+    }
+
+    const SLOT: usize = 2048;
+
+    impl FakeRxKernelV2 {
+        fn new(slot_count: usize) -> (Self, RxRing) {
+            let mem = Arc::new(Mmap::anonymous(SLOT * slot_count).unwrap());
+            let ring = RxRing::new_v2(Arc::clone(&mem), 0, SLOT, slot_count);
+            let kernel = Self {
+                mem,
+                slot_count,
+                next: 0,
+                drops: 0,
+            };
+            (kernel, ring)
+        }
+
+        fn slot(&self, index: usize) -> *mut u8 {
+            // SAFETY: index < slot_count, inside the mapping.
+            unsafe { self.mem.as_ptr().add(index * SLOT) }
+        }
+
+        /// Writes `data` into the next slot and hands it over at once, or counts a drop when
+        /// user space still holds that slot (like `tpacket_rcv`).
+        fn deliver(&mut self, data: &[u8], wire_len: u32, extra_status: u32) -> bool {
+            self.deliver_at_mac(data, wire_len, extra_status, 66)
+        }
+
+        fn deliver_at_mac(&mut self, data: &[u8], wire_len: u32, extra: u32, mac: usize) -> bool {
+            let h = self.slot(self.next);
+            // SAFETY: aligned status word inside the mapping.
+            let status = unsafe { status_word(h.add(pkt2::STATUS)) };
+            if status.load(Ordering::Acquire) != STATUS_KERNEL {
+                self.drops += 1;
+                return false;
+            }
+            let copy = data.len().min(SLOT.saturating_sub(mac));
+            // SAFETY: everything written lies inside this slot of the mapping.
+            unsafe {
+                h.add(pkt2::SNAPLEN)
+                    .cast::<u32>()
+                    .write_unaligned(data.len() as u32);
+                h.add(pkt2::LEN).cast::<u32>().write_unaligned(wire_len);
+                h.add(pkt2::MAC).cast::<u16>().write_unaligned(mac as u16);
+                h.add(pkt2::VLAN_TCI).cast::<u16>().write_unaligned(42);
+                h.add(pkt2::VLAN_TPID).cast::<u16>().write_unaligned(0);
+                std::ptr::copy_nonoverlapping(data.as_ptr(), h.add(mac.min(SLOT)), copy);
+            }
+            status.store(STATUS_USER | extra, Ordering::Release);
+            self.next = (self.next + 1) % self.slot_count;
+            true
+        }
+    }
+
+    #[test]
+    fn v2_empty_ring_yields_nothing() {
+        let (_kernel, mut ring) = FakeRxKernelV2::new(4);
+        assert!(ring.next_block().is_none());
+        assert_eq!(ring.counters(), RxCounters::default());
+    }
+
+    #[test]
+    fn v2_each_frame_is_readable_as_soon_as_it_is_written() {
+        let (mut kernel, mut ring) = FakeRxKernelV2::new(4);
+        let a = [0xaa; 60];
+        let b: Vec<u8> = (0..=255).cycle().take(1514).collect();
+        assert!(kernel.deliver(&a, 60, 0));
+        // No block to fill, no timeout: the first frame is there before the second arrives.
+        assert_eq!(collect(&mut ring), vec![a.to_vec()]);
+        assert!(kernel.deliver(&b, 1514, 0));
+        assert!(kernel.deliver(&[1, 2, 3], 3, 0));
+        let run = ring.next_block().expect("ready slots");
+        assert_eq!(run.len(), 2);
+        let got: Vec<&[u8]> = run.frames().map(|f| f.data()).collect();
+        assert_eq!(got, vec![&b[..], &[1, 2, 3][..]]);
+        drop(run);
+        assert!(ring.next_block().is_none());
+        assert_eq!(ring.counters().frames, 3);
+        assert_eq!(ring.counters().blocks, 2);
+    }
+
+    #[test]
+    fn v2_slots_go_back_to_the_kernel_only_when_dropped() {
+        let (mut kernel, mut ring) = FakeRxKernelV2::new(2);
+        assert!(kernel.deliver(&[1], 1, 0));
+        assert!(kernel.deliver(&[2], 1, 0));
+        assert!(!kernel.deliver(&[3], 1, 0), "both slots with user space");
+        assert_eq!(kernel.drops, 1);
+        let run = ring.next_block().unwrap();
+        assert_eq!(run.len(), 2);
+        assert!(!kernel.deliver(&[3], 1, 0), "slots still held");
+        drop(run);
+        assert!(kernel.deliver(&[3], 1, 0), "slots returned on drop");
+        assert!(kernel.deliver(&[4], 1, 0));
+        assert_eq!(collect(&mut ring), vec![vec![3], vec![4]]);
+    }
+
+    #[test]
+    fn v2_walking_wraps_around_many_times() {
+        let (mut kernel, mut ring) = FakeRxKernelV2::new(5);
+        let mut expected = Vec::new();
+        let mut got = Vec::new();
+        for i in 0u32..500 {
+            let f = i.to_be_bytes().to_vec();
+            assert!(kernel.deliver(&f, 4, 0));
+            expected.push(f);
+            if i % 3 == 2 {
+                got.extend(collect(&mut ring));
+            }
+        }
+        got.extend(collect(&mut ring));
+        assert_eq!(got, expected);
+        assert_eq!(kernel.drops, 0);
+        assert_eq!(ring.counters().frames, 500);
+    }
+
+    #[test]
+    fn v2_truncation_vlan_and_unfinished_checksums_are_reported() {
+        let (mut kernel, mut ring) = FakeRxKernelV2::new(4);
+        assert!(kernel.deliver(&[9; 100], 3000, 0));
+        assert!(kernel.deliver(&[8; 64], 64, STATUS_VLAN_VALID));
+        assert!(kernel.deliver(&[7; 64], 64, STATUS_CSUMNOTREADY));
+        let run = ring.next_block().unwrap();
+        let frames: Vec<RxFrame<'_>> = run.frames().collect();
+        assert!(frames[0].is_truncated());
+        assert_eq!(frames[0].wire_len(), 3000);
+        assert_eq!(
+            frames[1].vlan(),
+            Some(VlanTag {
+                tpid: 0x8100,
+                tci: 42
+            })
+        );
+        assert!(!frames[1].checksum_not_ready());
+        assert!(frames[2].checksum_not_ready());
+        drop(frames);
+        drop(run);
+        assert_eq!(ring.counters().truncated, 1);
+    }
+
+    #[test]
+    fn v2_slots_pointing_outside_themselves_are_counted_skipped_and_returned() {
+        let (mut kernel, mut ring) = FakeRxKernelV2::new(3);
+        assert!(kernel.deliver(&[1], 1, 0));
+        assert!(kernel.deliver_at_mac(&[2; 10], 10, 0, SLOT - 4));
+        assert!(kernel.deliver(&[3], 1, 0));
+        let run = ring.next_block().unwrap();
+        assert_eq!(run.len(), 2);
+        let got: Vec<Vec<u8>> = run.frames().map(|f| f.data().to_vec()).collect();
+        assert_eq!(got, vec![vec![1], vec![3]]);
+        drop(run);
+        assert_eq!(ring.counters().malformed, 1);
+        // All three slots went back, the bad one included.
+        for i in 4..7u8 {
+            assert!(kernel.deliver(&[i], 1, 0));
+        }
+        assert_eq!(collect(&mut ring), vec![vec![4], vec![5], vec![6]]);
     }
 }
