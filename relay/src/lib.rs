@@ -239,6 +239,7 @@ pub fn start(config: RelayConfig) -> anyhow::Result<RelayHandle> {
         }
     };
     let fingerprint = identity.fingerprint();
+    let reset_key = identity.reset_key();
     let crypto = tls::server_crypto(identity).map_err(|e| match &config.identity {
         Identity::PemFiles { cert, key } => anyhow::anyhow!(
             "{} / {}: certificate and key do not fit together: {e}",
@@ -251,6 +252,9 @@ pub fn start(config: RelayConfig) -> anyhow::Result<RelayHandle> {
         open_best(config.listen).with_context(|| format!("listening on UDP {}", config.listen))?;
     let mut driver_config = DriverConfig::default();
     driver_config.max_connections = config.admission.max_connections.max(1);
+    // Same key after a restart: peers of the old process get a stateless reset and reconnect
+    // at once instead of waiting out their idle timeout.
+    driver_config.reset_key = Some(reset_key);
     let driver = Driver::new(driver_config, Some(crypto));
     let runner = Runner::new(driver, backend);
     let local_addr = runner.local_addr();

@@ -24,6 +24,12 @@ struct RelayProcess {
 
 impl RelayProcess {
     fn spawn(args: &[&str]) -> Self {
+        Self::try_spawn(args).expect("the banner prints a join link")
+    }
+
+    /// Starts the relay; `None` when it exits before printing its join link (for example
+    /// because its port is still held by a process that was just killed).
+    fn try_spawn(args: &[&str]) -> Option<Self> {
         let mut child = Command::new(BIN)
             .args(args)
             .stdout(Stdio::piped())
@@ -44,10 +50,17 @@ impl RelayProcess {
                 break;
             }
         }
-        Self {
-            child,
-            link: link.expect("the banner prints a join link"),
-            metrics,
+        match link {
+            Some(link) => Some(Self {
+                child,
+                link,
+                metrics,
+            }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
         }
     }
 
@@ -236,4 +249,45 @@ fn status_prints_rooms_and_peers_and_sigterm_disconnects_everyone() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn peers_of_a_killed_relay_hear_of_its_restart_without_waiting_for_their_idle_timeout() {
+    let d = dir();
+    let state = d.0.to_str().unwrap().to_owned();
+    let first = RelayProcess::spawn(&["--listen", "127.0.0.1:0", "--state-dir", &state]);
+    let addr = first.addr();
+    let mut peer = TestPeer::connect(addr, first.pin());
+    peer.send(&Message::Hello(hello(
+        Role::Client,
+        "restart",
+        mac(1),
+        "Ann",
+    )));
+    peer.expect_welcome();
+
+    // No goodbye: the process dies and its connection state with it.
+    first.signal("-KILL");
+    drop(first);
+    let listen = addr.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        if let Some(r) = RelayProcess::try_spawn(&["--listen", &listen, "--state-dir", &state]) {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay could not take its port back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let restarted = Instant::now();
+    // The peer's next packet (a keep-alive within 5 s) meets the new process, which knows the
+    // old reset key and answers with a stateless reset; the idle timeout would take 30 s.
+    let reason = peer
+        .wait_closed(Duration::from_secs(15))
+        .expect("the peer notices the restart before its idle timeout");
+    assert!(restarted.elapsed() < Duration::from_secs(15));
+    assert!(reason.to_lowercase().contains("reset"), "{reason}");
+    drop(second);
 }

@@ -47,6 +47,11 @@ pub struct DriverConfig {
     /// Seed for the endpoint's random numbers; `None` seeds from the operating system. Tests
     /// set it for reproducible runs.
     pub rng_seed: Option<[u8; 32]>,
+    /// Key for stateless reset tokens; `None` picks a random one. A server that keeps it
+    /// across restarts (see [`super::tls::ServerIdentity::reset_key`]) answers packets of
+    /// connections it lost in a restart with a stateless reset (RFC 9000 section 10.3), so
+    /// peers reconnect at once instead of after their idle timeout.
+    pub reset_key: Option<[u8; 32]>,
     /// QUIC transport parameters shared by every connection.
     pub transport: TransportSettings,
 }
@@ -63,6 +68,7 @@ impl Default for DriverConfig {
             control_send_buffer: 64 * 1024,
             max_queued_responses: 64,
             rng_seed: None,
+            reset_key: None,
             transport: TransportSettings::default(),
         }
     }

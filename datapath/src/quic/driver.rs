@@ -401,7 +401,25 @@ impl Driver {
         config: DriverConfig,
         server_crypto: Option<Arc<dyn quinn_proto::crypto::ServerConfig>>,
     ) -> Self {
-        let mut endpoint_config = EndpointConfig::default();
+        let mut endpoint_config = match config.reset_key {
+            Some(key) => {
+                let mut c = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+                    ring::hmac::HMAC_SHA256,
+                    &key,
+                )));
+                // The connection-id generator checks a keyed hash inside every id and drops
+                // packets whose id fails it; a restarted server must recognise its old ids too,
+                // or it drops them instead of answering with a stateless reset.
+                let mut cid_key = [0u8; 8];
+                cid_key.copy_from_slice(&key[..8]);
+                let cid_key = u64::from_le_bytes(cid_key);
+                c.cid_generator(move || {
+                    Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+                });
+                c
+            }
+            None => EndpointConfig::default(),
+        };
         endpoint_config.rng_seed(config.rng_seed);
         let server_for = |probe: SocketAddr| {
             server_crypto.as_ref().map(|crypto| {

@@ -138,6 +138,17 @@ pub struct ServerIdentity {
 }
 
 impl ServerIdentity {
+    /// A stateless-reset key derived from the private key: stable for as long as the identity
+    /// is, and useless to anyone who does not hold the key.
+    pub fn reset_key(&self) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"lanparty stateless reset key v1");
+        ctx.update(self.key.secret_der());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
     /// Loads a PEM certificate chain (end-entity first) and a PEM private key.
     ///
     /// # Errors
