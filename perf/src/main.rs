@@ -39,18 +39,28 @@ enum Command {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Scenario {
     Quic,
+    /// Player → relay → gateway → LAN host against the direct path, OpenVPN and tinc (root).
+    E2e,
+    /// Every scenario, one after another.
+    All,
 }
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Lab(args) => lanparty_perf::lab::run_command(&args),
         Command::Bench {
-            scenario: Scenario::Quic,
+            scenario,
             quick,
             repeats,
             out,
         } => {
-            bench::quic::run_quic(&bench::quic::QuicOpts::new(quick, repeats, out))?;
+            let all = matches!(scenario, Scenario::All);
+            if all || matches!(scenario, Scenario::Quic) {
+                bench::quic::run_quic(&bench::quic::QuicOpts::new(quick, repeats, out.clone()))?;
+            }
+            if all || matches!(scenario, Scenario::E2e) {
+                bench::e2e::run_e2e(&bench::e2e::E2eOpts::new(quick, repeats, out))?;
+            }
             Ok(())
         }
     }
