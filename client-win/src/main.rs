@@ -72,20 +72,64 @@ fn on_shutdown_signal<F: FnOnce() + Send + 'static>(on_signal: F) -> anyhow::Res
     Ok(())
 }
 
+/// The uplink to the relay, over the best UDP backend this machine has.
+fn open_uplink(
+    config: &ClientConfig,
+    mac: lanparty_datapath::Mac,
+) -> anyhow::Result<(lanparty_control::uplink::Uplink, std::net::SocketAddr)> {
+    use lanparty_client::run;
+    use lanparty_datapath::quic::{Driver, DriverConfig};
+    use lanparty_datapath::runner::Runner;
+
+    let relay = run::resolve_relay(&config.relay_host, config.relay_port)
+        .with_context(|| format!("resolving the relay {}", config.relay_display()))?;
+    let uplink_config = run::uplink_config(config, mac, relay, rand::random())
+        .context("setting up TLS for the relay")?;
+    let backend = lanparty_datapath::io::open_best(run::bind_addr_for(relay))
+        .context("opening a UDP socket")?;
+    let runner = Runner::new(Driver::new(DriverConfig::default(), None), backend);
+    let uplink =
+        lanparty_control::uplink::Uplink::new(std::time::Instant::now(), runner, uplink_config);
+    Ok((uplink, relay))
+}
+
+/// The engine's options from the settings.
+fn engine_options(
+    config: &ClientConfig,
+    mac: lanparty_datapath::Mac,
+    dhcp_on_l2: bool,
+) -> lanparty_client::engine::EngineOptions {
+    lanparty_client::engine::EngineOptions {
+        mac,
+        addressing: config.addressing,
+        hostname: lanparty_client::run::dhcp_hostname(config.display_name.as_str()),
+        seed: rand::random(),
+        dhcp_on_l2,
+    }
+}
+
+/// Runs the client loop until a signal or a fatal rejection; the exit code says which.
+fn run_engine<D: lanparty_client::engine::Device>(
+    mut client: lanparty_client::engine::Engine<D>,
+) -> anyhow::Result<ExitCode> {
+    let stopper = client.stopper();
+    on_shutdown_signal(move || stopper.stop())?;
+    let exit = client.run().context("the client loop failed")?;
+    drop(client);
+    Ok(match exit {
+        lanparty_client::engine::Exit::Stopped => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
 #[cfg(target_os = "linux")]
 mod platform {
     use std::process::ExitCode;
-    use std::time::Instant;
 
     use anyhow::Context as _;
     use lanparty_client::config::ClientConfig;
-    use lanparty_client::engine::{EngineOptions, Exit};
     use lanparty_client::linux;
-    use lanparty_client::{run, state};
-    use lanparty_control::uplink::Uplink;
-    use lanparty_datapath::io::open_best;
-    use lanparty_datapath::quic::{Driver, DriverConfig};
-    use lanparty_datapath::runner::Runner;
+    use lanparty_client::state;
 
     pub(super) fn run(config: ClientConfig) -> anyhow::Result<ExitCode> {
         let state_dir = config.state_dir.clone().unwrap_or_else(state::default_dir);
@@ -95,13 +139,7 @@ mod platform {
                 format!("keeping our MAC in {} (or pass --mac)", state_dir.display())
             })?,
         };
-        let relay = run::resolve_relay(&config.relay_host, config.relay_port)
-            .with_context(|| format!("resolving the relay {}", config.relay_display()))?;
-        let uplink_config = run::uplink_config(&config, mac, relay, rand::random())
-            .context("setting up TLS for the relay")?;
-        let backend = open_best(run::bind_addr_for(relay)).context("opening a UDP socket")?;
-        let runner = Runner::new(Driver::new(DriverConfig::default(), None), backend);
-        let uplink = Uplink::new(Instant::now(), runner, uplink_config);
+        let (uplink, relay) = super::open_uplink(&config, mac)?;
         let dev = linux::open_adapter(config.adapter, &config.name, mac)
             .with_context(|| format!("creating the {} adapter", config.adapter.word()))?;
         tracing::info!(
@@ -111,49 +149,30 @@ mod platform {
             relay = %relay,
             "adapter up"
         );
-        let options = EngineOptions {
-            mac,
-            addressing: config.addressing,
-            hostname: run::dhcp_hostname(config.display_name.as_str()),
-            seed: rand::random(),
-            dhcp_on_l2: true,
-        };
-        let mut client = linux::client_loop(
+        let options = super::engine_options(&config, mac, true);
+        let client = linux::client_loop(
             uplink,
             dev,
             options,
             super::status_printer(config.log_format),
         )
         .context("starting the client loop")?;
-        let stopper = client.stopper();
-        super::on_shutdown_signal(move || stopper.stop())?;
-        let exit = client.run().context("the client loop failed")?;
-        drop(client);
-        Ok(match exit {
-            Exit::Stopped => ExitCode::SUCCESS,
-            _ => ExitCode::FAILURE,
-        })
+        super::run_engine(client)
     }
 }
 
 #[cfg(windows)]
 mod platform {
     use std::process::ExitCode;
-    use std::time::Instant;
 
     use anyhow::Context as _;
     use lanparty_client::adapter::tap::{TapAdapter, TapConfig};
     use lanparty_client::adapter::wintun::{WintunAdapter, WintunConfig};
     use lanparty_client::adapter::{AdapterKind, VirtualAdapter};
     use lanparty_client::config::ClientConfig;
-    use lanparty_client::engine::{EngineOptions, Exit};
+    use lanparty_client::state;
     use lanparty_client::windows;
     use lanparty_client::winplan::InterfaceId;
-    use lanparty_client::{run, state};
-    use lanparty_control::uplink::Uplink;
-    use lanparty_datapath::io::open_best;
-    use lanparty_datapath::quic::{Driver, DriverConfig};
-    use lanparty_datapath::runner::Runner;
 
     pub(super) fn run(config: ClientConfig) -> anyhow::Result<ExitCode> {
         let state_dir = config.state_dir.clone().unwrap_or_else(state::default_dir);
@@ -195,13 +214,7 @@ mod platform {
                 format!("keeping our MAC in {} (or pass --mac)", state_dir.display())
             })?,
         };
-        let relay = run::resolve_relay(&config.relay_host, config.relay_port)
-            .with_context(|| format!("resolving the relay {}", config.relay_display()))?;
-        let uplink_config = run::uplink_config(&config, mac, relay, rand::random())
-            .context("setting up TLS for the relay")?;
-        let backend = open_best(run::bind_addr_for(relay)).context("opening a UDP socket")?;
-        let runner = Runner::new(Driver::new(DriverConfig::default(), None), backend);
-        let uplink = Uplink::new(Instant::now(), runner, uplink_config);
+        let (uplink, relay) = super::open_uplink(&config, mac)?;
         tracing::info!(
             adapter = adapter.name(),
             kind = config.adapter.word(),
@@ -209,14 +222,8 @@ mod platform {
             relay = %relay,
             "adapter open"
         );
-        let options = EngineOptions {
-            mac,
-            addressing: config.addressing,
-            hostname: run::dhcp_hostname(config.display_name.as_str()),
-            seed: rand::random(),
-            dhcp_on_l2: false,
-        };
-        let mut client = windows::client_loop(
+        let options = super::engine_options(&config, mac, false);
+        let client = windows::client_loop(
             uplink,
             adapter,
             interface,
@@ -225,14 +232,7 @@ mod platform {
             super::status_printer(config.log_format),
         )
         .context("starting the client loop")?;
-        let stopper = client.stopper();
-        super::on_shutdown_signal(move || stopper.stop())?;
-        let exit = client.run().context("the client loop failed")?;
-        drop(client);
-        Ok(match exit {
-            Exit::Stopped => ExitCode::SUCCESS,
-            _ => ExitCode::FAILURE,
-        })
+        super::run_engine(client)
     }
 }
 

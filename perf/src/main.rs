@@ -5,6 +5,8 @@ mod stats;
 #[allow(unsafe_code)]
 mod sys;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 
 /// softlan lab and benchmarks.
@@ -33,12 +35,19 @@ enum Command {
         /// Output directory for the Markdown and JSON results (default perf/out/).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Clients of `scale`.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
     },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Scenario {
     Quic,
+    /// Frames through lanparty-relay vs. a quinn relay: throughput, CPU/frame, added latency.
+    Relay,
+    /// Many clients joining one relay process: handshakes/s, relay RSS per connection.
+    Scale,
     /// Player → relay → gateway → LAN host against the direct path, OpenVPN and tinc (root).
     E2e,
     /// Every scenario, one after another.
@@ -53,10 +62,29 @@ fn main() -> anyhow::Result<()> {
             quick,
             repeats,
             out,
+            clients,
         } => {
             let all = matches!(scenario, Scenario::All);
             if all || matches!(scenario, Scenario::Quic) {
                 bench::quic::run_quic(&bench::quic::QuicOpts::new(quick, repeats, out.clone()))?;
+            }
+            if all || matches!(scenario, Scenario::Relay) {
+                bench::relay::run(&bench::relay::Options {
+                    quick,
+                    repeat: if quick {
+                        1
+                    } else {
+                        repeats.unwrap_or(3).max(1)
+                    },
+                })?;
+            }
+            if all || matches!(scenario, Scenario::Scale) {
+                bench::scale::run(&bench::scale::Options {
+                    clients,
+                    per_room: 10,
+                    quick,
+                    time_limit: Duration::from_secs(120),
+                })?;
             }
             if all || matches!(scenario, Scenario::E2e) {
                 bench::e2e::run_e2e(&bench::e2e::E2eOpts::new(quick, repeats, out))?;

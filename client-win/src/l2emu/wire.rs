@@ -147,27 +147,11 @@ pub(crate) fn ipv6_info(b: &[u8]) -> Option<Ipv6Info> {
 }
 
 /// Adds `data` to a running one's-complement sum (RFC 1071).
-fn sum_words(mut sum: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+use lanparty_datapath::wire::checksum::{add as sum_words, finish as fold};
 
 /// The Internet checksum of `data`.
 pub(crate) fn checksum(data: &[u8]) -> u16 {
-    fold(sum_words(0, data))
+    lanparty_datapath::wire::checksum::internet(data)
 }
 
 /// The ICMPv6 checksum (RFC 4443 section 2.3) of `message` (with its checksum field zero)

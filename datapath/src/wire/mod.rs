@@ -4,5 +4,6 @@
 //! No call on a view made by `new_checked` panics; `new_unchecked` views may panic on access
 //! when the buffer is shorter than the header.
 
+pub mod checksum;
 pub mod ethernet;
 pub mod overlay;

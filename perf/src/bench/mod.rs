@@ -7,6 +7,9 @@ pub(crate) mod e2e;
 pub(crate) mod plot;
 pub(crate) mod quic;
 pub(crate) mod quinn_ref;
+pub(crate) mod relay;
+mod relay_ref;
+pub(crate) mod scale;
 pub(crate) mod udp_ref;
 pub(crate) mod vpn;
 
