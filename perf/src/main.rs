@@ -43,6 +43,7 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Scenario {
+    /// One QUIC connection on loopback: our driver on both backends vs. the quinn crate.
     Quic,
     /// Frames through lanparty-relay vs. a quinn relay: throughput, CPU/frame, added latency.
     Relay,

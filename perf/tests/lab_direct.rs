@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use lanparty_datapath::sys::netns::{list_namespaces, require_root};
 use lanparty_perf::lab::{
     DHCP_FIRST, DHCP_LAST, Lab, LabConfig, LabError, NAMESPACE_PREFIX, PingPlan, ReportOptions,
-    Status, TunnelBinaries, broadcast_reaches, cleanup_lab_leftovers, dnsmasq_installed,
-    iperf3_installed, iperf3_tcp, link_local_addr, ping_stats,
+    Status, TunnelBinaries, TunnelSettings, broadcast_reaches, cleanup_lab_leftovers,
+    dnsmasq_installed, iperf3_installed, iperf3_tcp, link_local_addr, ping_stats,
 };
 
 /// The lab tests run one at a time, so that each can check that no namespace of this process
@@ -159,8 +159,8 @@ fn direct_lab_connects_a_client_to_the_party_lan_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn tunnel_variant_reports_that_the_tunnel_programs_are_not_wired() {
-    if !require_root("tunnel_variant_reports_that_the_tunnel_programs_are_not_wired") {
+fn tunnel_variant_names_missing_programs_and_how_to_build_them() {
+    if !require_root("tunnel_variant_names_missing_programs_and_how_to_build_them") {
         return;
     }
     let _serial = serial();
@@ -188,11 +188,27 @@ fn tunnel_variant_reports_that_the_tunnel_programs_are_not_wired() {
     let s = ping_stats(&c1.ns, IpAddr::V4(relay), None, &quick_ping()).unwrap();
     assert_eq!(s.received, 10);
 
+    // A directory without the programs: the error names them and the build command.
+    let empty = lab.dir().join("no-programs");
+    std::fs::create_dir_all(&empty).unwrap();
     let err = lab
-        .start_tunnel(&TunnelBinaries::next_to_current_exe())
+        .start_tunnel_with(
+            &TunnelBinaries::in_dir(&empty),
+            &TunnelSettings::default(),
+            &mut |_| {},
+        )
         .unwrap_err();
-    assert!(matches!(err, LabError::TunnelNotWired), "{err}");
-    assert!(err.to_string().contains("not wired"));
+    assert!(matches!(err, LabError::ProgramsMissing { .. }), "{err}");
+    let text = err.to_string();
+    for needle in [
+        "lanparty-relay",
+        "lanparty-gateway",
+        "lanparty-client",
+        "cargo build --release --workspace",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in: {text}");
+    }
+    assert!(lab.tunnel().is_none());
     let report = lab.report(&ReportOptions::default(), &mut |_| {}, &stop);
     assert!(
         report.checks.iter().all(|c| c.status == Status::Skipped),

@@ -202,11 +202,21 @@ pub(crate) fn run_quic(opts: &QuicOpts) -> anyhow::Result<QuicReport> {
         for stack in STACKS {
             let mut runs = Vec::with_capacity(opts.repeats);
             for _ in 0..opts.repeats {
-                let t = match stack {
+                let run = || match stack {
                     Stack::Ours(kind) => ours_throughput(kind, &workload),
                     Stack::Quinn => quinn_ref::throughput(&workload),
-                }
-                .with_context(|| format!("{} on {label}", stack.name()))?;
+                };
+                // A connection can time out on a machine starved by other jobs; one retry
+                // tells a fluke from a broken stack, and the retry is reported.
+                let t = run()
+                    .or_else(|e| {
+                        eprintln!(
+                            "  {} on {label} failed ({e:#}); retrying once",
+                            stack.name()
+                        );
+                        run()
+                    })
+                    .with_context(|| format!("{} on {label}", stack.name()))?;
                 ensure!(t.received > 0, "{}: no datagram arrived", stack.name());
                 eprintln!(
                     "  {:<18} {label:<16} {:>9.0} dgram/s {:>6.2} Gbit/s",

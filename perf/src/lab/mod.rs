@@ -27,8 +27,11 @@
 //! namespace gets a veth `lan0` straight into the party bridge and takes its address from
 //! dnsmasq with the lab's own DHCP client ([`dhcp_request`]); without dnsmasq the lab says how
 //! to install it and gives the clients static addresses instead. In [`Variant::Tunnel`] the
-//! clients have no LAN veth: [`start_tunnel`] is the hook that starts the relay, the gateway and
-//! the clients, whose TAP/TUN (named [`CLIENT_ADAPTER`]) becomes the client's LAN interface.
+//! clients have no LAN veth: [`Lab::start_tunnel`] starts the real `lanparty-relay`,
+//! `lanparty-gateway` and two `lanparty-client`s (see [`start_tunnel`]); each client's TAP
+//! (c1) or TUN (c2), named [`CLIENT_ADAPTER`], becomes its LAN interface, and its address comes
+//! from dnsmasq through the tunnel, asked for by the client itself. The same report then runs
+//! unchanged over either variant.
 //!
 //! IPv6 is on everywhere with duplicate address detection off, so link-local addresses are
 //! usable as soon as a link is up. The gateway's `lan0` has IPv6 off: the gateway bridges it
@@ -69,7 +72,11 @@ pub use measure::{
 };
 pub use process::LabProcess;
 pub use report::{Check, Report, Status};
-pub use tunnel::{TunnelBinaries, TunnelNamespaces, start_tunnel};
+pub use tunnel::{
+    BUILD_HINT, CLIENT_ADAPTERS, RELAY_METRICS, RELAY_PORT, ROOM, Tunnel, TunnelBinaries,
+    TunnelNamespaces, TunnelSettings, relay_status, room_complete, start_tunnel,
+    wait_for_client_addr, wait_for_room,
+};
 
 /// Name of the party bridge inside the `lan` namespace.
 pub const PARTY_BRIDGE: &str = "party";
@@ -138,12 +145,36 @@ pub enum LabError {
     /// The stop flag was raised (Ctrl-C).
     #[error("interrupted")]
     Interrupted,
-    /// The tunnelled variant cannot run yet.
-    #[error(
-        "the tunnel programs (relay, gateway, client) are not wired into the lab yet; \
-         run `lanparty-perf lab --direct` for the baseline"
-    )]
+    /// Kept for callers that match on it: the lab used to return it before the tunnel programs
+    /// were wired in. It no longer returns it; a missing program is
+    /// [`ProgramsMissing`](Self::ProgramsMissing).
+    #[error("the tunnel programs are not wired into the lab")]
     TunnelNotWired,
+    /// Tunnel programs are not built.
+    #[error(
+        "{programs} not found in {}: build them with `{}` (or point --bin-dir at them); \
+         `lanparty-perf lab --direct` runs the baseline without them",
+        dir.display(),
+        tunnel::BUILD_HINT
+    )]
+    ProgramsMissing {
+        /// Where they were looked for.
+        dir: PathBuf,
+        /// The missing programs, comma-separated.
+        programs: String,
+    },
+    /// A tunnel program exited or did not get ready.
+    #[error("{program} {problem}; the end of its stderr ({}):\n{stderr_tail}", log.display())]
+    Program {
+        /// The program's name in the lab (`relay`, `gateway`, `c1`, ...).
+        program: String,
+        /// What went wrong.
+        problem: String,
+        /// The last lines of its stderr.
+        stderr_tail: String,
+        /// Its full stderr log.
+        log: PathBuf,
+    },
     /// No node has this role.
     #[error("no lab node named {0:?}")]
     UnknownNode(String),
@@ -251,6 +282,7 @@ impl Node {
 pub struct Lab {
     // Field order is drop order: processes die before their namespaces go.
     processes: Vec<LabProcess>,
+    tunnel: Option<Tunnel>,
     dnsmasq: Option<Dnsmasq>,
     bridges: Vec<Bridge>,
     veths: Vec<Veth>,
@@ -365,6 +397,7 @@ impl Lab {
         })?;
         let mut lab = Self {
             processes: Vec::new(),
+            tunnel: None,
             dnsmasq: None,
             bridges: Vec::new(),
             veths: Vec::new(),
@@ -451,6 +484,28 @@ impl Lab {
             let n = &mut self.nodes[i];
             n.ns.add_addr("eth0", IpAddr::V4(addr), 24)?;
             n.ns.ip(&["route", "add", "default", "via", &LAN_ROUTER.to_string()])?;
+            // A veth hands its TCP/UDP packets on with the checksum left to "hardware"
+            // (CHECKSUM_PARTIAL), and packet sockets on the bridge, such as the gateway's, see
+            // them unfinished. Frames from a real NIC always carry their checksum, so the LAN
+            // hosts compute theirs in software, as a machine on the wire does.
+            if let Err(e) =
+                n.ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])
+                    .and_then(|o| {
+                        if o.status.success() {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::other(
+                                String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+                            ))
+                        }
+                    })
+            {
+                self.notes.push(format!(
+                    "{role}: could not turn off checksum offload on eth0 (ethtool -K eth0 tx \
+                     off: {e}); TCP/UDP from the LAN hosts may arrive at tunnelled clients with \
+                     bad checksums"
+                ));
+            }
             n.lan_if = Some("eth0".into());
             n.lan_addr = Some(addr);
         }
@@ -661,27 +716,97 @@ impl Lab {
         before != self.processes.len()
     }
 
-    /// Starts the relay, gateway and clients of the tunnelled variant through [`start_tunnel`]
-    /// and keeps their processes; then points each client's `lan_if` at [`CLIENT_ADAPTER`].
+    /// Starts the relay, gateway and clients of the tunnelled variant with the default
+    /// [`TunnelSettings`] and no progress lines (see [`start_tunnel_with`](Self::start_tunnel_with)).
     ///
     /// # Errors
     ///
-    /// Those of [`start_tunnel`] (today: [`LabError::TunnelNotWired`]).
+    /// As [`start_tunnel_with`](Self::start_tunnel_with).
     pub fn start_tunnel(&mut self, bins: &TunnelBinaries) -> Result<(), LabError> {
-        let procs = {
+        self.start_tunnel_with(bins, &TunnelSettings::default(), &mut |_| {})
+    }
+
+    /// Starts the relay, gateway and clients of the tunnelled variant through [`start_tunnel`]
+    /// and keeps them (killed by PID on drop); points each client's `lan_if` at
+    /// [`CLIENT_ADAPTER`] and records the address it got by DHCP through the tunnel as its
+    /// `lan_addr`.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`start_tunnel`]; [`LabError::Failed`] when the tunnel already runs.
+    pub fn start_tunnel_with(
+        &mut self,
+        bins: &TunnelBinaries,
+        settings: &TunnelSettings,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), LabError> {
+        if self.tunnel.is_some() {
+            return Err(LabError::Failed {
+                what: "starting the tunnel".into(),
+                detail: "it already runs".into(),
+            });
+        }
+        let tunnel = {
             let nets = TunnelNamespaces {
                 relay: self.node("relay")?,
                 gateway: self.node("gw")?,
                 clients: [self.node("c1")?, self.node("c2")?],
                 log_dir: &self.dir.0,
             };
-            start_tunnel(bins, &nets)?
+            start_tunnel(bins, &nets, settings, progress)?
         };
-        self.processes.extend(procs);
+        self.tunnel = Some(tunnel);
         for role in ["c1", "c2"] {
             self.node_mut(role)?.lan_if = Some(CLIENT_ADAPTER.into());
+            self.wait_for_lan_addr(role, Duration::from_secs(1))?;
         }
         Ok(())
+    }
+
+    /// The running tunnel programs, once [`start_tunnel`](Self::start_tunnel) succeeded.
+    pub fn tunnel(&mut self) -> Option<&mut Tunnel> {
+        self.tunnel.as_mut()
+    }
+
+    /// The relay's `/status` (see [`relay_status`]).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`relay_status`].
+    pub fn relay_status(&self) -> Result<lanparty_relay::status::StatusReport, LabError> {
+        relay_status(&self.node("relay")?.ns)
+    }
+
+    /// Kills the relay by PID and starts it again with the same state directory (see
+    /// [`Tunnel::restart_relay`]).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Tunnel::restart_relay`].
+    pub fn restart_relay(&mut self) -> Result<(), LabError> {
+        let relay = self.idx("relay")?;
+        let tunnel = tunnel_or_err(&mut self.tunnel, "restarting the relay")?;
+        tunnel.restart_relay(&self.nodes[relay], &self.dir.0)
+    }
+
+    /// Waits until the relay lists the gateway and both clients in its room again, failing
+    /// early when one of the programs exits.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`wait_for_room`].
+    pub fn wait_for_room(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<lanparty_relay::status::StatusReport, LabError> {
+        let relay = self.idx("relay")?;
+        let tunnel = tunnel_or_err(&mut self.tunnel, "waiting for the room")?;
+        let mut procs: Vec<&mut LabProcess> = Vec::new();
+        let (clients, gateway, relay_p) = tunnel.processes_mut();
+        procs.push(relay_p);
+        procs.push(gateway);
+        procs.extend(clients);
+        wait_for_room(&self.nodes[relay].ns, &["c1", "c2"], &mut procs, timeout)
     }
 
     /// Runs every check of the report (see [`ReportOptions`]), reporting progress and stopping
@@ -735,7 +860,25 @@ impl Lab {
             .checks
             .push(match (c.lan_addr, self.dnsmasq.is_some()) {
                 (Some(a), true) => {
-                    Check::pass("DHCP address", role, format!("{a}/24 from dnsmasq"))
+                    // The lease file is dnsmasq's own word that it handed the address out.
+                    let leases = self
+                        .dnsmasq
+                        .as_ref()
+                        .and_then(|d| std::fs::read_to_string(d.lease_file()).ok())
+                        .unwrap_or_default();
+                    let via = match self.variant {
+                        Variant::Direct => "",
+                        Variant::Tunnel => " through the tunnel",
+                    };
+                    if leases.contains(&format!(" {a} ")) {
+                        Check::pass("DHCP address", role, format!("{a}/24 from dnsmasq{via}"))
+                    } else {
+                        Check::fail(
+                            "DHCP address",
+                            role,
+                            format!("{a}/24 is not among dnsmasq's leases"),
+                        )
+                    }
                 }
                 (Some(a), false) => Check::skipped(
                     "DHCP address",
@@ -861,6 +1004,16 @@ impl Lab {
             }
         }
     }
+}
+
+fn tunnel_or_err<'a>(
+    tunnel: &'a mut Option<Tunnel>,
+    what: &str,
+) -> Result<&'a mut Tunnel, LabError> {
+    tunnel.as_mut().ok_or_else(|| LabError::Failed {
+        what: what.to_owned(),
+        detail: "the tunnel does not run (start_tunnel first)".into(),
+    })
 }
 
 fn ping_check(check: &str, path: &str, s: &PingStats) -> Check {

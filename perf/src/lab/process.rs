@@ -37,6 +37,22 @@ impl LabProcess {
         argv: &[S],
         dir: &Path,
     ) -> Result<Self, LabError> {
+        Self::spawn_with_env(ns, name, argv, &[], dir)
+    }
+
+    /// As [`spawn`](Self::spawn), with extra environment variables (for secrets that must not
+    /// show in the process list).
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Self::spawn).
+    pub fn spawn_with_env<S: AsRef<OsStr>>(
+        ns: &Netns,
+        name: &str,
+        argv: &[S],
+        env: &[(&str, &str)],
+        dir: &Path,
+    ) -> Result<Self, LabError> {
         let name_ok = !name.is_empty()
             && name
                 .bytes()
@@ -58,6 +74,7 @@ impl LabProcess {
         let child = ns
             .command(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -120,6 +137,11 @@ impl LabProcess {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+
+    /// What the program wrote on standard output so far (lossy UTF-8).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.stdout).unwrap_or_default()).into_owned()
     }
 
     /// What the program wrote on standard error so far (lossy UTF-8, trimmed, at most 2 KiB).
