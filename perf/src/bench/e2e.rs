@@ -31,7 +31,7 @@ use anyhow::{Context, bail, ensure};
 use lanparty_datapath::sys::netns::{self, Netns};
 use lanparty_perf::lab::{
     IPERF3_INSTALL_HINT, Lab, LabConfig, LabError, LabProcess, TcpThroughput, TunnelBinaries,
-    UdpRate, iperf3_installed, iperf3_server, parse_iperf3_tcp, parse_iperf3_udp,
+    TunnelSettings, UdpRate, iperf3_installed, iperf3_server, parse_iperf3_tcp, parse_iperf3_udp,
 };
 use serde::Serialize;
 
@@ -343,9 +343,9 @@ fn unavailable(kind: PathKind) -> Option<String> {
         PathKind::Direct => None,
         PathKind::Ours => {
             let bins = TunnelBinaries::next_to_current_exe();
-            let missing: Vec<String> = [&bins.relay, &bins.gateway, &bins.client]
-                .into_iter()
-                .filter(|p| !p.exists())
+            let missing: Vec<String> = bins
+                .missing()
+                .iter()
                 .map(|p| p.display().to_string())
                 .collect();
             (!missing.is_empty()).then(|| {
@@ -367,10 +367,11 @@ fn unavailable(kind: PathKind) -> Option<String> {
     }
 }
 
-/// What runs the path inside the lab: nothing (direct), our programs, or a baseline.
+/// What runs the path inside the lab: nothing (direct), our programs (kept by the lab; their
+/// PIDs), or a baseline.
 enum Tunnel {
     None,
-    Ours,
+    Ours(Vec<u32>),
     Vpn(vpn::Baseline),
 }
 
@@ -389,17 +390,14 @@ fn measure_path(
     let mut lab = Lab::build(&config, &mut progress, stop).context("building the lab")?;
     let tunnel = match kind {
         PathKind::Direct => Tunnel::None,
-        PathKind::Ours => {
-            start_ours(&mut lab)?;
-            Tunnel::Ours
-        }
+        PathKind::Ours => Tunnel::Ours(start_ours(&mut lab)?),
         PathKind::OpenVpn => Tunnel::Vpn(vpn::start_openvpn(&mut lab)?),
         PathKind::Tinc => Tunnel::Vpn(vpn::start_tinc(&mut lab)?),
     };
     let pids = match &tunnel {
         Tunnel::None => Vec::new(),
         Tunnel::Vpn(b) => b.pids(),
-        Tunnel::Ours => our_pids(&lab)?,
+        Tunnel::Ours(pids) => pids.clone(),
     };
     let result = measure_lab(kind, &lab, &pids, plan, repeats);
     // Baseline processes die before the lab's namespaces go.
@@ -408,46 +406,18 @@ fn measure_path(
     result
 }
 
-/// Starts our relay, gateway and client in the lab and waits for the player's LAN address.
-fn start_ours(lab: &mut Lab) -> anyhow::Result<()> {
+/// Starts our relay, gateway and clients in the lab (the lab waits until the player has its
+/// address from the party's DHCP server through the tunnel) and returns their PIDs.
+fn start_ours(lab: &mut Lab) -> anyhow::Result<Vec<u32>> {
     let bins = TunnelBinaries::next_to_current_exe();
-    match lab.start_tunnel(&bins) {
+    let mut progress = |line: &str| eprintln!("e2e:   tunnel: {line}");
+    match lab.start_tunnel_with(&bins, &TunnelSettings::default(), &mut progress) {
         Ok(()) => {}
         Err(e @ LabError::TunnelNotWired) => return Err(e.into()),
         Err(e) => return Err(e).context("starting relay, gateway and clients"),
     }
-    if lab
-        .wait_for_lan_addr("c1", Duration::from_secs(15))
-        .is_err()
-    {
-        // The client did not configure an address itself: ask the party's DHCP server.
-        lab.dhcp("c1", Duration::from_secs(10))
-            .context("DHCP across the softlan tunnel")?;
-    }
-    Ok(())
-}
-
-/// PIDs of our programs (`lanparty-*`) in the relay, gateway and client namespaces.
-fn our_pids(lab: &Lab) -> anyhow::Result<Vec<u32>> {
-    let mut pids = Vec::new();
-    for role in ["relay", "gw", "c1", "c2"] {
-        let ns = lab.node(role)?.ns_name().to_owned();
-        let out = std::process::Command::new("ip")
-            .args(["netns", "pids", &ns])
-            .output()
-            .context("ip netns pids")?;
-        for pid in String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-        {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let argv0 = cmd.split(|b| *b == 0).next().unwrap_or_default();
-            if String::from_utf8_lossy(argv0).contains("lanparty-") {
-                pids.push(pid);
-            }
-        }
-    }
-    ensure!(!pids.is_empty(), "no lanparty-* process in the lab");
+    let pids = lab.tunnel().map(|t| t.pids()).unwrap_or_default();
+    ensure!(!pids.is_empty(), "the tunnel started no process");
     Ok(pids)
 }
 
