@@ -51,54 +51,51 @@ enum Scenario {
     Scale,
     /// Frames between a LAN interface and the room: AF_PACKET rings vs. plain recvmmsg.
     Gateway,
+    /// Player → relay → gateway → LAN host against the direct path, OpenVPN and tinc (root).
+    E2e,
+    /// Every scenario, one after another (quic, relay, scale, gateway, e2e).
+    All,
 }
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Lab(args) => lanparty_perf::lab::run_command(&args),
         Command::Bench {
-            scenario: Scenario::Relay,
-            quick,
-            repeats,
-            ..
-        } => bench::relay::run(&bench::relay::Options {
-            quick,
-            repeat: if quick {
-                1
-            } else {
-                repeats.unwrap_or(3).max(1)
-            },
-        }),
-        Command::Bench {
-            scenario: Scenario::Scale,
-            quick,
-            clients,
-            ..
-        } => bench::scale::run(&bench::scale::Options {
-            clients,
-            per_room: 10,
-            quick,
-            time_limit: Duration::from_secs(120),
-        }),
-        Command::Bench {
-            scenario: Scenario::Quic,
+            scenario,
             quick,
             repeats,
             out,
-            ..
+            clients,
         } => {
-            bench::quic::run_quic(&bench::quic::QuicOpts::new(quick, repeats, out))?;
-            Ok(())
-        }
-        Command::Bench {
-            scenario: Scenario::Gateway,
-            quick,
-            repeats,
-            out,
-            ..
-        } => {
-            let opts = bench::gateway::GatewayOpts::new(quick, repeats, out);
-            bench::gateway::run_gateway(&opts)?;
+            let all = matches!(scenario, Scenario::All);
+            if all || matches!(scenario, Scenario::Quic) {
+                bench::quic::run_quic(&bench::quic::QuicOpts::new(quick, repeats, out.clone()))?;
+            }
+            if all || matches!(scenario, Scenario::Relay) {
+                bench::relay::run(&bench::relay::Options {
+                    quick,
+                    repeat: if quick {
+                        1
+                    } else {
+                        repeats.unwrap_or(3).max(1)
+                    },
+                })?;
+            }
+            if all || matches!(scenario, Scenario::Scale) {
+                bench::scale::run(&bench::scale::Options {
+                    clients,
+                    per_room: 10,
+                    quick,
+                    time_limit: Duration::from_secs(120),
+                })?;
+            }
+            if all || matches!(scenario, Scenario::Gateway) {
+                let opts = bench::gateway::GatewayOpts::new(quick, repeats, out.clone());
+                bench::gateway::run_gateway(&opts)?;
+            }
+            if all || matches!(scenario, Scenario::E2e) {
+                bench::e2e::run_e2e(&bench::e2e::E2eOpts::new(quick, repeats, out))?;
+            }
             Ok(())
         }
     }

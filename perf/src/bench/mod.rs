@@ -3,13 +3,16 @@
 
 use std::time::Duration;
 
+pub(crate) mod e2e;
 pub(crate) mod gateway;
+pub(crate) mod plot;
 pub(crate) mod quic;
 pub(crate) mod quinn_ref;
 pub(crate) mod relay;
 mod relay_ref;
 pub(crate) mod scale;
 pub(crate) mod udp_ref;
+pub(crate) mod vpn;
 
 /// DATAGRAM send/receive buffer used by every QUIC stack under test (our driver's default).
 pub(crate) const DATAGRAM_BUFFER: usize = 64 * 1024;
