@@ -20,6 +20,7 @@
 //! are ratios against the baselines measured in the same run. Paths that cannot run (tunnel
 //! programs not built, OpenVPN or tinc not installed) are listed as skipped with the reason.
 
+use crate::stats::Spread;
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -114,42 +115,6 @@ impl Plan {
                 ping_count: 300,
                 ping_interval_ms: 10,
             }
-        }
-    }
-}
-
-/// Median and spread of one figure over the repeats.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub(crate) struct Spread {
-    pub(crate) median: f64,
-    pub(crate) min: f64,
-    pub(crate) max: f64,
-}
-
-impl Spread {
-    fn of(values: impl IntoIterator<Item = f64>) -> Self {
-        let mut v: Vec<f64> = values.into_iter().collect();
-        v.sort_by(f64::total_cmp);
-        let median = match v.len() {
-            0 => 0.0,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        };
-        Self {
-            median,
-            min: v.first().copied().unwrap_or(0.0),
-            max: v.last().copied().unwrap_or(0.0),
-        }
-    }
-
-    fn show(&self, decimals: usize) -> String {
-        if (self.max - self.min).abs() < 10f64.powi(-(decimals as i32)) {
-            format!("{:.*}", decimals, self.median)
-        } else {
-            format!(
-                "{:.*} ({:.*}–{:.*})",
-                decimals, self.median, decimals, self.min, decimals, self.max
-            )
         }
     }
 }

@@ -53,6 +53,7 @@
 //! repeated (`--repeats`); tables show the median and the spread. Results go to `gateway.md`
 //! and `gateway.json`.
 
+use crate::stats::Spread;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -207,42 +208,6 @@ impl Sample {
     }
     fn e2e_loss_pct(&self) -> f64 {
         100.0 * self.sent.saturating_sub(self.delivered) as f64 / self.sent.max(1) as f64
-    }
-}
-
-/// Median and spread of one figure over the repeats.
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Spread {
-    fn of(values: impl IntoIterator<Item = f64>) -> Self {
-        let mut v: Vec<f64> = values.into_iter().collect();
-        v.sort_by(f64::total_cmp);
-        let median = match v.len() {
-            0 => 0.0,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        };
-        Self {
-            median,
-            min: v.first().copied().unwrap_or(0.0),
-            max: v.last().copied().unwrap_or(0.0),
-        }
-    }
-
-    fn show(&self, decimals: usize) -> String {
-        if self.min == self.max {
-            format!("{:.*}", decimals, self.median)
-        } else {
-            format!(
-                "{:.*} ({:.*}–{:.*})",
-                decimals, self.median, decimals, self.min, decimals, self.max
-            )
-        }
     }
 }
 

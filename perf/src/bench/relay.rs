@@ -35,6 +35,7 @@
 //! 1400-byte unicast flow in another room; the direct path then runs under the same CPU
 //! contention, so the difference is what the relay's queues add.
 
+use crate::stats::Spread;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -932,50 +933,6 @@ impl LatencyRun {
     }
 }
 
-/// Median and spread of repeated measurements.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub(crate) struct Spread {
-    pub(crate) median: f64,
-    pub(crate) min: f64,
-    pub(crate) max: f64,
-}
-
-impl Spread {
-    pub(crate) fn of(values: &[f64]) -> Self {
-        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-        v.sort_by(f64::total_cmp);
-        if v.is_empty() {
-            return Self {
-                median: f64::NAN,
-                min: f64::NAN,
-                max: f64::NAN,
-            };
-        }
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Self {
-            median,
-            min: v[0],
-            max: v[n - 1],
-        }
-    }
-
-    /// `median (min–max)` with `digits` decimals.
-    pub(crate) fn show(&self, digits: usize) -> String {
-        format!(
-            "{:.d$} ({:.d$}–{:.d$})",
-            self.median,
-            self.min,
-            self.max,
-            d = digits
-        )
-    }
-}
-
 /// Every run of every scenario, by relay.
 #[derive(Debug, Default, Serialize)]
 struct Report {
@@ -1093,7 +1050,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
 fn summarize(r: &mut Report) {
     let mut summary = BTreeMap::new();
     for (k, flows) in &r.flows {
-        let col = |f: fn(&Flow) -> f64| Spread::of(&flows.iter().map(f).collect::<Vec<_>>());
+        let col = |f: fn(&Flow) -> f64| Spread::of(flows.iter().map(f));
         summary.insert(format!("{k} / frames_per_s"), col(Flow::frames_per_sec));
         summary.insert(format!("{k} / gbit_per_s"), col(Flow::gbit_per_sec));
         summary.insert(
@@ -1102,7 +1059,7 @@ fn summarize(r: &mut Report) {
         );
     }
     for (k, runs) in &r.latency {
-        let col = |f: fn(&LatencyRun) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
+        let col = |f: fn(&LatencyRun) -> f64| Spread::of(runs.iter().map(f));
         summary.insert(format!("{k} / added_p50_us"), col(|l| l.added_p50_us));
         summary.insert(format!("{k} / added_p99_us"), col(|l| l.added_p99_us));
         summary.insert(
@@ -1291,12 +1248,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn spread_is_median_min_max() {
-        let s = Spread::of(&[3.0, 1.0, 2.0, f64::NAN]);
-        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
-        assert_eq!(Spread::of(&[1.0, 4.0]).median, 2.5);
     }
 }
