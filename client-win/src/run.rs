@@ -119,28 +119,7 @@ pub fn dhcp_hostname(display_name: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_owned())
 }
 
-/// The modified EUI-64 link-local address of `mac` (RFC 4291 appendix A).
-pub fn eui64_link_local(mac: Mac) -> Ipv6Addr {
-    let m = mac.0;
-    Ipv6Addr::from([
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        m[0] ^ 0x02,
-        m[1],
-        m[2],
-        0xff,
-        0xfe,
-        m[3],
-        m[4],
-        m[5],
-    ])
-}
+pub use crate::l2emu::eui64_link_local;
 
 /// Most IPv6 addresses [`learn_ipv6_source`] teaches the emulator (link-local, stable and a
 /// few temporary ones).

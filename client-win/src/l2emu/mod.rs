@@ -35,6 +35,8 @@ mod dhcp;
 mod neighbour;
 mod wire;
 
+pub use wire::eui64_link_local;
+
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
@@ -257,7 +259,7 @@ impl Emulator {
     pub fn new(now: Instant, config: Config) -> Self {
         let link_local = config
             .ipv6_link_local
-            .unwrap_or_else(|| wire::eui64_link_local(config.mac));
+            .unwrap_or_else(|| eui64_link_local(config.mac));
         let mut emu = Self {
             mac: config.mac,
             ipv4: None,

@@ -240,7 +240,7 @@ pub(crate) fn ipv6_multicast_mac(group: Ipv6Addr) -> Mac {
 }
 
 /// The modified EUI-64 link-local address of `mac` (RFC 4291 appendix A).
-pub(crate) fn eui64_link_local(mac: Mac) -> Ipv6Addr {
+pub fn eui64_link_local(mac: Mac) -> Ipv6Addr {
     let m = mac.0;
     Ipv6Addr::from([
         0xfe,
