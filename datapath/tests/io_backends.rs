@@ -671,7 +671,8 @@ fn backends_apply_the_configured_socket_buffer_size() {
             ));
         }
         for (name, backend) in &checks {
-            let sock = socket2::SockRef::from(backend.as_fd());
+            let fd = backend.as_fd();
+            let sock = socket2::SockRef::from(&fd);
             let rcv = sock.recv_buffer_size().unwrap();
             let snd = sock.send_buffer_size().unwrap();
             // Linux grants min(asked, cap) and reports twice that (bookkeeping included).
