@@ -43,16 +43,17 @@
 //! # Socket buffers
 //!
 //! Both backends ask for the same send and receive buffer size, [`SOCKET_BUFFER_BYTES`]
-//! (256 KiB) unless the caller passes another ([`open_best_with`], [`PortableUdp::bind_with`],
-//! `UringConfig::socket_buffer`). The size is a trade between burst tolerance and latency: the
-//! buffer must hold a burst from many peers while the loop is busy, but when the loop's CPU is
-//! the bottleneck a bulk sender keeps it full, and every other datagram (a game's ping) waits
-//! behind all of it. With 4 MiB a relay on loopback queued ~1 800 datagrams in front of each
-//! ping (p99 added latency 9.9 ms); 256 KiB (Linux grants twice that, ~220 full-size
-//! datagrams, about 1.5 ms at 2.5 Gbit/s) keeps p99 under 0.5 ms and, because QUIC's
-//! congestion control sees the drops early, even raises bulk throughput (perf/RESULTS.md,
-//! "Relay"). The kernel caps the request at `net.core.rmem_max`/`wmem_max`; the cap is logged
-//! once at open with the sysctl to raise.
+//! (4 MiB) unless the caller passes another ([`open_best_with`], [`PortableUdp::bind_with`],
+//! `UringConfig::socket_buffer`). The size trades burst tolerance against latency. A big buffer
+//! holds a burst while the loop is busy (4 MiB is about 2 900 full-size datagrams, 13 ms at
+//! 2.5 Gbit/s): an endpoint (gateway, client) receiving a flood of small datagrams loses them
+//! with 256 KiB (the `quic_loopback` flood test loses 2 % on the quinn-udp backend), so 4 MiB
+//! stays the default. But when the loop's CPU is the bottleneck, a bulk sender keeps a big
+//! buffer full and every other datagram (a game's ping) waits behind all of it: a relay with
+//! 4 MiB queued ~1 800 datagrams in front of each ping (p99 added latency up to 9.9 ms), so the
+//! relay asks for 256 KiB by default (`--socket-buffer`; perf/RESULTS.md, "Relay"). The kernel
+//! caps the request at `net.core.rmem_max`/`wmem_max`; the cap is logged once at open with the
+//! sysctl to raise.
 
 use std::fmt;
 use std::io;
@@ -326,8 +327,8 @@ pub fn open_best_with(addr: SocketAddr, socket_buffer: usize) -> io::Result<Box<
 }
 
 /// Default send and receive buffer size both backends ask the kernel for (see the module
-/// docs for how it was chosen).
-pub const SOCKET_BUFFER_BYTES: usize = 256 << 10;
+/// docs for the trade; the relay asks for less).
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 /// Capacity of the buffers [`UdpBackend::send_buffer`] hands out: the largest GSO batch.
 pub const SEND_BUFFER_CAPACITY: usize = 64 << 10;
