@@ -636,3 +636,72 @@ fn send_errors_are_counted_not_returned() {
         assert_eq!(plain.recv(&mut got).unwrap(), 4, "{kind}");
     }
 }
+
+/// `net.core.rmem_max` / `wmem_max`: the most `SO_RCVBUF` / `SO_SNDBUF` may grant.
+fn sysctl_bytes(name: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+#[test]
+fn backends_apply_the_configured_socket_buffer_size() {
+    let (rmem_max, wmem_max) = (sysctl_bytes("rmem_max"), sysctl_bytes("wmem_max"));
+    let uring_ok = match uring::probe() {
+        Ok(()) => true,
+        Err(reason) => {
+            println!("SKIP io_uring part: {reason}");
+            false
+        }
+    };
+    for asked in [64usize << 10, 256 << 10, 1 << 20, 4 << 20] {
+        let mut checks: Vec<(&str, Box<dyn std::os::fd::AsFd>)> = vec![(
+            "portable",
+            Box::new(PortableUdp::bind_with(SocketAddr::new(V4, 0), asked).unwrap()),
+        )];
+        if uring_ok {
+            let config = UringConfig {
+                socket_buffer: asked,
+                ..UringConfig::default()
+            };
+            checks.push((
+                "io_uring",
+                Box::new(UringUdp::bind(SocketAddr::new(V4, 0), &config).unwrap()),
+            ));
+        }
+        for (name, backend) in &checks {
+            let fd = backend.as_fd();
+            let sock = socket2::SockRef::from(&fd);
+            let rcv = sock.recv_buffer_size().unwrap();
+            let snd = sock.send_buffer_size().unwrap();
+            // Linux grants min(asked, cap) and reports twice that (bookkeeping included).
+            assert!(
+                rcv >= asked.min(rmem_max),
+                "{name}: SO_RCVBUF {rcv} for {asked} asked (rmem_max {rmem_max})"
+            );
+            assert!(
+                rcv <= 2 * asked,
+                "{name}: SO_RCVBUF {rcv} is more than {asked} asked allows"
+            );
+            assert!(
+                snd >= asked.min(wmem_max),
+                "{name}: SO_SNDBUF {snd} for {asked} asked (wmem_max {wmem_max})"
+            );
+            assert!(
+                snd <= 2 * asked,
+                "{name}: SO_SNDBUF {snd} is more than {asked} asked allows"
+            );
+        }
+    }
+    // The default is the documented constant.
+    let best = lanparty_datapath::io::open_best_with(SocketAddr::new(V4, 0), 128 << 10).unwrap();
+    assert_eq!(best.local_addr().ip(), V4);
+    let default = PortableUdp::bind(SocketAddr::new(V4, 0)).unwrap();
+    let rcv = socket2::SockRef::from(&default).recv_buffer_size().unwrap();
+    let asked = lanparty_datapath::io::SOCKET_BUFFER_BYTES;
+    assert!(
+        rcv >= asked.min(rmem_max) && rcv <= 2 * asked,
+        "default SO_RCVBUF {rcv}"
+    );
+}

@@ -13,7 +13,7 @@ use lanparty_control::admission;
 use lanparty_control::logging;
 use lanparty_control::msg::Secret;
 
-use crate::config::{FileConfig, LogFormat, parse_listen};
+use crate::config::{FileConfig, LogFormat, check_socket_buffer, parse_listen};
 use crate::status::StatusReport;
 use crate::{Identity, RelayConfig};
 
@@ -63,6 +63,11 @@ struct Args {
     /// Most connections from one source address [default: 16].
     #[arg(long)]
     max_connections_per_ip: Option<usize>,
+    /// Kernel send and receive buffer of the UDP socket in bytes [default: 262144]. Smaller
+    /// keeps a bulk flow from queueing latency in front of everyone else's packets when the
+    /// relay's CPU is saturated; larger absorbs longer bursts (docs/OPERATIONS.md).
+    #[arg(long, value_name = "BYTES")]
+    socket_buffer: Option<usize>,
     /// Log line format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -162,6 +167,9 @@ fn merge(args: Args, file: FileConfig) -> anyhow::Result<RelayConfig> {
     config.public_host = args.public_host.or(file.public_host);
     config.metrics = args.metrics.or(file.metrics);
     config.handle_signals = true;
+    if let Some(bytes) = args.socket_buffer.or(file.socket_buffer) {
+        config.socket_buffer = check_socket_buffer(bytes)?;
+    }
     let adm = &mut config.admission;
     if let Some(token) = args.gateway_token.or(file.gateway_token) {
         // The error names the rule, never the token.
@@ -342,5 +350,24 @@ mod tests {
             err.contains("--gateway-token") && !err.contains("short"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn socket_buffer_comes_from_the_flag_then_the_file_then_the_default() {
+        let base = ["lanparty-relay", "--state-dir", "/tmp/lp"];
+        let config = merge(Args::parse_from(base), FileConfig::default()).unwrap();
+        assert_eq!(config.socket_buffer, crate::DEFAULT_SOCKET_BUFFER);
+
+        let file = || toml::from_str::<FileConfig>("socket_buffer = 1048576\n").unwrap();
+        let config = merge(Args::parse_from(base), file()).unwrap();
+        assert_eq!(config.socket_buffer, 1 << 20);
+
+        let flag = Args::parse_from(base.into_iter().chain(["--socket-buffer", "4194304"]));
+        assert_eq!(merge(flag, file()).unwrap().socket_buffer, 4 << 20);
+
+        let tiny = Args::parse_from(base.into_iter().chain(["--socket-buffer", "100"]));
+        let err = merge(tiny, FileConfig::default()).unwrap_err().to_string();
+        assert!(err.contains("--socket-buffer"), "{err}");
+        assert!(Args::try_parse_from(base.into_iter().chain(["--socket-buffer", "1M"])).is_err());
     }
 }

@@ -23,6 +23,7 @@ pub(crate) struct FileConfig {
     pub(crate) max_rooms: Option<usize>,
     pub(crate) max_peers_per_room: Option<usize>,
     pub(crate) max_connections_per_ip: Option<usize>,
+    pub(crate) socket_buffer: Option<usize>,
     pub(crate) log_format: Option<LogFormat>,
 }
 
@@ -64,6 +65,19 @@ pub(crate) fn parse_listen(text: &str) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))
 }
 
+/// Checks `--socket-buffer` / `socket_buffer`: at least one GSO batch
+/// ([`crate::MIN_SOCKET_BUFFER`]), at most 1 GiB.
+pub(crate) fn check_socket_buffer(bytes: usize) -> anyhow::Result<usize> {
+    if !(crate::MIN_SOCKET_BUFFER..=1 << 30).contains(&bytes) {
+        bail!(
+            "--socket-buffer {bytes}: expected between {} and {} bytes",
+            crate::MIN_SOCKET_BUFFER,
+            1 << 30
+        );
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +113,24 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("listen_port"));
         let cfg: FileConfig = toml::from_str("listen = \"443/udp\"\nmax_rooms = 5\n").unwrap();
         assert_eq!(cfg.max_rooms, Some(5));
+    }
+
+    #[test]
+    fn config_file_sets_the_socket_buffer() {
+        let cfg: FileConfig = toml::from_str("socket_buffer = 1048576\n").unwrap();
+        assert_eq!(cfg.socket_buffer, Some(1 << 20));
+        assert!(toml::from_str::<FileConfig>("socket_buffer = -1\n").is_err());
+    }
+
+    #[test]
+    fn socket_buffer_bounds() {
+        assert_eq!(check_socket_buffer(262_144).unwrap(), 262_144);
+        assert!(
+            check_socket_buffer(1000)
+                .unwrap_err()
+                .to_string()
+                .contains("--socket-buffer")
+        );
+        assert!(check_socket_buffer(2 << 30).is_err());
     }
 }

@@ -42,11 +42,18 @@
 //!
 //! # Socket buffers
 //!
-//! Both backends ask for [`SOCKET_BUFFER_BYTES`] (4 MiB) of send and receive buffer: a relay
-//! receiving a burst from many peers must hold a few milliseconds of line rate while the loop
-//! is busy (4 MiB is about 2 900 full-size datagrams, 13 ms at 2.5 Gbit/s). The kernel caps the
-//! request at `net.core.rmem_max`/`wmem_max`; the cap is logged once at open with the sysctl to
-//! raise.
+//! Both backends ask for the same send and receive buffer size, [`SOCKET_BUFFER_BYTES`]
+//! (4 MiB) unless the caller passes another ([`open_best_with`], [`PortableUdp::bind_with`],
+//! `UringConfig::socket_buffer`). The size trades burst tolerance against latency. A big buffer
+//! holds a burst while the loop is busy (4 MiB is about 2 900 full-size datagrams, 13 ms at
+//! 2.5 Gbit/s): an endpoint (gateway, client) receiving a flood of small datagrams loses them
+//! with 256 KiB (the `quic_loopback` flood test loses 2 % on the quinn-udp backend), so 4 MiB
+//! stays the default. But when the loop's CPU is the bottleneck, a bulk sender keeps a big
+//! buffer full and every other datagram (a game's ping) waits behind all of it: a relay with
+//! 4 MiB queued ~1 800 datagrams in front of each ping (p99 added latency up to 9.9 ms), so the
+//! relay asks for 256 KiB by default (`--socket-buffer`; perf/RESULTS.md, "Relay"). The kernel
+//! caps the request at `net.core.rmem_max`/`wmem_max`; the cap is logged once at open with the
+//! sysctl to raise.
 
 use std::fmt;
 use std::io;
@@ -287,10 +294,24 @@ pub trait UdpBackend: Send + fmt::Debug {
 ///
 /// When the socket cannot be opened or bound (for example the address is in use).
 pub fn open_best(addr: SocketAddr) -> io::Result<Box<dyn UdpBackend>> {
+    open_best_with(addr, SOCKET_BUFFER_BYTES)
+}
+
+/// [`open_best`] with `socket_buffer` bytes of kernel send and receive buffer instead of
+/// [`SOCKET_BUFFER_BYTES`] (see the module docs for the trade).
+///
+/// # Errors
+///
+/// When the socket cannot be opened or bound (for example the address is in use).
+pub fn open_best_with(addr: SocketAddr, socket_buffer: usize) -> io::Result<Box<dyn UdpBackend>> {
     #[cfg(target_os = "linux")]
     {
+        let config = UringConfig {
+            socket_buffer,
+            ..UringConfig::default()
+        };
         match crate::sys::uring::probe() {
-            Ok(()) => match UringUdp::bind(addr, &UringConfig::default()) {
+            Ok(()) => match UringUdp::bind(addr, &config) {
                 Ok(backend) => return Ok(Box::new(backend)),
                 Err(crate::sys::uring::OpenError::Io(e)) => return Err(e),
                 Err(crate::sys::uring::OpenError::Unsupported(reason)) => {
@@ -302,10 +323,11 @@ pub fn open_best(addr: SocketAddr) -> io::Result<Box<dyn UdpBackend>> {
             }
         }
     }
-    Ok(Box::new(PortableUdp::bind(addr)?))
+    Ok(Box::new(PortableUdp::bind_with(addr, socket_buffer)?))
 }
 
-/// Send and receive buffer size both backends ask the kernel for (see the module docs).
+/// Default send and receive buffer size both backends ask the kernel for (see the module
+/// docs for the trade; the relay asks for less).
 pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 /// Capacity of the buffers [`UdpBackend::send_buffer`] hands out: the largest GSO batch.
@@ -314,44 +336,48 @@ pub const SEND_BUFFER_CAPACITY: usize = 64 << 10;
 /// Size of the blocks the receive arena copies datagrams into.
 pub const RX_ARENA_CHUNK: usize = 512 << 10;
 
-/// Raises a socket's buffers to [`SOCKET_BUFFER_BYTES`] and logs when the kernel caps them.
-pub(crate) fn raise_socket_buffers(socket: &socket2::Socket) {
-    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
+/// Sets a socket's buffers to `bytes` and logs when the kernel caps them.
+pub(crate) fn raise_socket_buffers(socket: &socket2::Socket, bytes: usize) {
+    if let Err(e) = socket.set_recv_buffer_size(bytes) {
         tracing::info!(error = %e, "could not raise the UDP receive buffer");
     }
-    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES) {
+    if let Err(e) = socket.set_send_buffer_size(bytes) {
         tracing::info!(error = %e, "could not raise the UDP send buffer");
     }
     // Linux reports twice what it grants (the other half is bookkeeping), Windows the
     // granted size; either way less than asked means a cap.
     if let Ok(got) = socket.recv_buffer_size()
-        && got < SOCKET_BUFFER_BYTES
+        && got < bytes
     {
         tracing::info!(
-            asked = SOCKET_BUFFER_BYTES,
+            asked = bytes,
             got,
             "UDP receive buffer capped by the kernel; raise net.core.rmem_max to absorb bursts"
         );
     }
     if let Ok(got) = socket.send_buffer_size()
-        && got < SOCKET_BUFFER_BYTES
+        && got < bytes
     {
         tracing::info!(
-            asked = SOCKET_BUFFER_BYTES,
+            asked = bytes,
             got,
             "UDP send buffer capped by the kernel; raise net.core.wmem_max"
         );
     }
 }
 
-/// Opens a UDP socket bound to `addr` with raised buffers, non-blocking.
-pub(crate) fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+/// Opens a UDP socket bound to `addr` with `buffer_bytes` of send and receive buffer,
+/// non-blocking.
+pub(crate) fn bind_socket(
+    addr: SocketAddr,
+    buffer_bytes: usize,
+) -> io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
-    raise_socket_buffers(&socket);
+    raise_socket_buffers(&socket, buffer_bytes);
     // `[::]:port` means both families (what a relay wants), whatever the host's
     // `net.ipv6.bindv6only` default says.
     if addr.is_ipv6() {

@@ -61,14 +61,23 @@ pub struct PortableUdp {
 const MAX_QUEUED_SENDS: usize = 1024;
 
 impl PortableUdp {
-    /// Opens a non-blocking UDP socket on `addr` with 4 MiB buffers and quinn-udp's options
-    /// (GRO, PKTINFO, TOS, no fragmentation).
+    /// Opens a non-blocking UDP socket on `addr` with [`super::SOCKET_BUFFER_BYTES`] buffers
+    /// and quinn-udp's options (GRO, PKTINFO, TOS, no fragmentation).
     ///
     /// # Errors
     ///
     /// When the socket cannot be opened, bound or configured.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let socket = super::bind_socket(addr)?;
+        Self::bind_with(addr, super::SOCKET_BUFFER_BYTES)
+    }
+
+    /// [`PortableUdp::bind`] with `socket_buffer` bytes of kernel send and receive buffer.
+    ///
+    /// # Errors
+    ///
+    /// When the socket cannot be opened, bound or configured.
+    pub fn bind_with(addr: SocketAddr, socket_buffer: usize) -> io::Result<Self> {
+        let socket = super::bind_socket(addr, socket_buffer)?;
         let state = UdpSocketState::new((&socket).into())?;
         // quinn-udp turns on SO_TIMESTAMPNS, and its 96-byte control buffer cannot hold GRO +
         // timestamp + PKTINFO + TOS: the TOS message (ECN) comes last and is truncated. We do
@@ -221,6 +230,14 @@ fn map_destination(destination: SocketAddr, v6_socket: bool) -> SocketAddr {
             SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
         }
         other => other,
+    }
+}
+
+/// The socket, for `getsockopt` (tests check the buffer sizes) and tools; do not read from it.
+#[cfg(unix)]
+impl std::os::fd::AsFd for PortableUdp {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 }
 

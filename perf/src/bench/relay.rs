@@ -410,6 +410,15 @@ fn bench_room_config() -> RoomConfig {
     }
 }
 
+/// The socket buffer both relays get: `LANPARTY_BENCH_SOCKET_BUFFER` (bytes) when set, to
+/// compare sizes, else lanparty-relay's default.
+pub(crate) fn socket_buffer() -> usize {
+    std::env::var("LANPARTY_BENCH_SOCKET_BUFFER")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(lanparty_relay::DEFAULT_SOCKET_BUFFER)
+}
+
 impl Relay {
     pub(crate) fn start(kind: Kind) -> anyhow::Result<Self> {
         match kind {
@@ -422,6 +431,7 @@ impl Relay {
                 let mut config = lanparty_relay::RelayConfig::new("127.0.0.1:0".parse()?, &dir);
                 config.room = bench_room_config();
                 config.admission.max_connections_per_ip = 1024;
+                config.socket_buffer = socket_buffer();
                 let handle = lanparty_relay::start(config)?;
                 Ok(Self::Ours { handle, dir })
             }
@@ -942,6 +952,7 @@ struct Report {
     window_s: f64,
     ping_count: usize,
     backend: String,
+    socket_buffer: usize,
     flows: BTreeMap<String, Vec<Flow>>,
     latency: BTreeMap<String, Vec<LatencyRun>>,
     dropped_tx: BTreeMap<String, Vec<u64>>,
@@ -983,6 +994,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         quick: opts.quick,
         window_s: window.as_secs_f64(),
         ping_count: pings,
+        socket_buffer: socket_buffer(),
         ..Report::default()
     };
     for rep in 0..opts.repeat {
@@ -1134,8 +1146,8 @@ fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Runs: {} (median, min–max in parentheses); window {:.1} s per throughput scenario; {} pings per path per latency run; relay UDP backend: {}.\n",
-        r.repeat, r.window_s, r.ping_count, r.backend
+        "Runs: {} (median, min–max in parentheses); window {:.1} s per throughput scenario; {} pings per path per latency run; relay UDP backend: {}; relay socket buffers: {} bytes.\n",
+        r.repeat, r.window_s, r.ping_count, r.backend, r.socket_buffer
     );
     let _ = writeln!(
         s,

@@ -81,8 +81,8 @@ impl RefRelay {
         // The same socket buffers as lanparty-relay asks for, so that both queue as much in
         // the kernel when they fall behind.
         let sock = socket2::SockRef::from(&socket);
-        sock.set_recv_buffer_size(lanparty_datapath::io::SOCKET_BUFFER_BYTES)?;
-        sock.set_send_buffer_size(lanparty_datapath::io::SOCKET_BUFFER_BYTES)?;
+        sock.set_recv_buffer_size(super::relay::socket_buffer())?;
+        sock.set_send_buffer_size(super::relay::socket_buffer())?;
         let addr = socket.local_addr()?;
         let (stop_tx, stop_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()

@@ -104,6 +104,9 @@ pub struct UringConfig {
     pub recv_buffers: u16,
     /// Payload bytes per receive buffer: 64 KiB holds the largest GRO batch.
     pub recv_payload: usize,
+    /// Kernel send and receive buffer (`SO_SNDBUF`/`SO_RCVBUF`) to ask for, in bytes
+    /// ([`crate::io::SOCKET_BUFFER_BYTES`] by default; see the `io` module docs).
+    pub socket_buffer: usize,
 }
 
 impl Default for UringConfig {
@@ -113,6 +116,7 @@ impl Default for UringConfig {
             send_slots: 256,
             recv_buffers: 64,
             recv_payload: 64 << 10,
+            socket_buffer: crate::io::SOCKET_BUFFER_BYTES,
         }
     }
 }
@@ -448,7 +452,7 @@ impl fmt::Debug for UringUdp {
 }
 
 impl UringUdp {
-    /// Opens a UDP socket on `addr` (4 MiB buffers, GRO, PKTINFO, TOS, no fragmentation) and
+    /// Opens a UDP socket on `addr` (`config.socket_buffer` buffers, GRO, PKTINFO, TOS, no fragmentation) and
     /// a ring around it. Nothing is submitted until the first call that uses the ring; that
     /// thread becomes the ring's single issuer.
     ///
@@ -457,7 +461,7 @@ impl UringUdp {
     /// [`OpenError::Unsupported`] when the kernel lacks a feature (fall back to
     /// [`PortableUdp`](crate::io::PortableUdp)); [`OpenError::Io`] when the socket fails.
     pub fn bind(addr: SocketAddr, config: &UringConfig) -> Result<Self, OpenError> {
-        let socket = crate::io::bind_socket(addr)?;
+        let socket = crate::io::bind_socket(addr, config.socket_buffer)?;
         // io_uring always tries sends and receives without blocking and, on EAGAIN, arms a
         // poll and retries. On an O_NONBLOCK socket some kernels hand the EAGAIN back
         // instead, which would turn a full send buffer into dropped datagrams.
@@ -937,6 +941,13 @@ fn configure_socket(fd: RawFd, v6_socket: bool) -> usize {
     match set_int_opt(fd, libc::SOL_UDP, libc::UDP_GRO, 1) {
         Ok(()) => GRO_SEGMENTS,
         Err(_) => 1,
+    }
+}
+
+/// The socket, for `getsockopt` (tests check the buffer sizes) and tools; do not read from it.
+impl std::os::fd::AsFd for UringUdp {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 }
 
