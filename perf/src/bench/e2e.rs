@@ -4,8 +4,12 @@
 //! installed, OpenVPN in TAP mode and tinc 1.0 in switch mode set up in the same places (see
 //! [`vpn`](super::vpn)).
 //!
-//! Each path gets its own lab (built once, measured `--repeats` times). Per repeat, from `c1`
-//! to `host1`'s address on the party LAN:
+//! Each path gets its own lab (built once, measured `--repeats` times). softlan is measured
+//! twice in its one lab: from the TAP player `c1` ("softlan") and then from the TUN player `c2`
+//! ("softlan TUN", Ethernet emulated by the client; see
+//! [`CLIENT_ADAPTERS`](lanparty_perf::lab::CLIENT_ADAPTERS)), one after the other, so the two
+//! never share the link. The other paths run from `c1`. Per repeat, from the player to
+//! `host1`'s address on the party LAN:
 //!
 //! - iperf3 TCP, 1 and 4 streams (`-P 4`);
 //! - iperf3 UDP at 64, 512 and 1400-byte payloads, unlimited offered rate (`-b 0`): what the
@@ -13,7 +17,8 @@
 //! - ICMP echo RTTs, idle and while a bulk iperf3 TCP flow runs the same way (own pinger that
 //!   keeps every sample, for the CDF plot);
 //! - the CPU seconds the tunnel's processes used during each workload (utime + stime from
-//!   `/proc/PID/stat` before and after; the direct path has no such processes).
+//!   `/proc/PID/stat` before and after; the direct path has no such processes). For softlan
+//!   that is the relay, the gateway and both clients (the idle one included).
 //!
 //! Results: `e2e.md`, `e2e.json` and the plots `e2e-throughput.svg` (UDP throughput by frame
 //! size) and `e2e-latency.svg` (RTT CDF idle and under load) in the output directory. Targets
@@ -64,18 +69,37 @@ impl E2eOpts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PathKind {
     Direct,
+    /// softlan from the TAP player `c1`.
     Ours,
+    /// softlan from the TUN player `c2` (same lab as [`Self::Ours`]).
+    OursTun,
     OpenVpn,
     Tinc,
 }
 
 impl PathKind {
-    const ALL: [Self; 4] = [Self::Direct, Self::Ours, Self::OpenVpn, Self::Tinc];
+    /// One lab each, in this order; [`Self::OursTun`] is measured in [`Self::Ours`]' lab.
+    const LABS: [Self; 4] = [Self::Direct, Self::Ours, Self::OpenVpn, Self::Tinc];
+
+    /// The paths measured in `self`'s lab, with the player each is measured from.
+    fn measured_from(self) -> &'static [(Self, &'static str)] {
+        match self {
+            Self::Direct => &[(Self::Direct, "c1")],
+            Self::Ours | Self::OursTun => &[(Self::Ours, "c1"), (Self::OursTun, "c2")],
+            Self::OpenVpn => &[(Self::OpenVpn, "c1")],
+            Self::Tinc => &[(Self::Tinc, "c1")],
+        }
+    }
+
+    fn is_ours(self) -> bool {
+        matches!(self, Self::Ours | Self::OursTun)
+    }
 
     fn name(self) -> &'static str {
         match self {
             Self::Direct => "direct veth",
             Self::Ours => "softlan",
+            Self::OursTun => "softlan TUN",
             Self::OpenVpn => "OpenVPN TAP",
             Self::Tinc => "tinc switch",
         }
@@ -213,53 +237,51 @@ pub(crate) fn run_e2e(opts: &E2eOpts) -> anyhow::Result<Option<E2eReport>> {
     let plan = Plan::new(opts.quick);
     let stop = AtomicBool::new(false);
     let mut paths = Vec::new();
-    for kind in PathKind::ALL {
-        if let Some(why) = unavailable(kind) {
-            paths.push(PathResult::skipped(kind, why));
+    for lab_kind in PathKind::LABS {
+        if let Some(why) = unavailable(lab_kind) {
+            for (kind, _) in lab_kind.measured_from() {
+                paths.push(PathResult::skipped(*kind, why.clone()));
+            }
             continue;
         }
-        eprintln!("e2e: {}: building the lab", kind.name());
-        let result = measure_path(kind, &plan, opts.repeats, &stop);
-        match result {
-            Ok(r) => paths.push(r),
-            Err(e) if kind == PathKind::Direct => {
-                return Err(e.context("measuring the direct path"));
+        eprintln!("e2e: {}: building the lab", lab_kind.name());
+        let results = match measure_path(lab_kind, &plan, opts.repeats, &stop) {
+            Ok(results) => results,
+            // The lab itself failed: every path measured in it failed the same way.
+            // The first path gets the error itself (it decides whether the run fails).
+            Err(e) => {
+                let why = format!("failed: {e:#}");
+                let mut results = vec![(lab_kind, Err(e))];
+                for (kind, _) in &lab_kind.measured_from()[1..] {
+                    results.push((*kind, Ok(PathResult::skipped(*kind, why.clone()))));
+                }
+                results
             }
-            // Our tunnel failing is a failed smoke run (unless it is not wired into the lab);
-            // in a full run the table shows the failure next to the baselines.
-            Err(e)
-                if kind == PathKind::Ours
-                    && opts.quick
-                    && !matches!(e.downcast_ref(), Some(LabError::TunnelNotWired)) =>
-            {
-                return Err(e.context("measuring softlan"));
+        };
+        for (kind, result) in results {
+            match result {
+                Ok(r) => paths.push(r),
+                Err(e) if kind == PathKind::Direct => {
+                    return Err(e.context("measuring the direct path"));
+                }
+                // Our tunnel failing (TAP or TUN) is a failed smoke run (unless it is not wired
+                // into the lab); in a full run the table shows the failure next to the
+                // baselines.
+                Err(e)
+                    if kind.is_ours()
+                        && opts.quick
+                        && !e.chain().any(|c| {
+                            matches!(c.downcast_ref(), Some(LabError::TunnelNotWired))
+                        }) =>
+                {
+                    return Err(e.context(format!("measuring {}", kind.name())));
+                }
+                Err(e) => paths.push(PathResult::skipped(kind, format!("failed: {e:#}"))),
             }
-            Err(e) => paths.push(PathResult::skipped(kind, format!("failed: {e:#}"))),
         }
     }
     if opts.quick {
-        // Everything that ran must have carried traffic.
-        for p in paths.iter().filter(|p| p.skipped.is_none()) {
-            for r in &p.rows {
-                ensure!(
-                    r.gbit_per_sec.min > 0.0,
-                    "{}: no traffic in {}",
-                    p.path,
-                    r.workload
-                );
-            }
-            // Pings under load may all be lost on a congested path; the flow itself must run.
-            ensure!(
-                p.ping_idle.as_ref().is_some_and(|s| s.received > 0),
-                "{}: no ping replies",
-                p.path
-            );
-            ensure!(
-                p.load_gbit_per_sec.is_some_and(|g| g.min > 0.0),
-                "{}: no bulk flow under the loaded pings",
-                p.path
-            );
-        }
+        check_traffic(&paths)?;
     }
     let targets = targets(&paths);
     let mut report = E2eReport {
@@ -272,6 +294,42 @@ pub(crate) fn run_e2e(opts: &E2eOpts) -> anyhow::Result<Option<E2eReport>> {
     };
     write_results(&mut report, &opts.out)?;
     Ok(Some(report))
+}
+
+/// The `--quick` check: both softlan players were measured or neither, and every path that
+/// ran carried traffic.
+fn check_traffic(paths: &[PathResult]) -> anyhow::Result<()> {
+    // Both softlan players are measured or neither (not built, not wired).
+    let ran = |kind: PathKind| path(paths, kind).is_some();
+    ensure!(
+        ran(PathKind::Ours) == ran(PathKind::OursTun),
+        "softlan was measured from only one of its players (TAP {}, TUN {})",
+        ran(PathKind::Ours),
+        ran(PathKind::OursTun)
+    );
+    // Everything that ran must have carried traffic.
+    for p in paths.iter().filter(|p| p.skipped.is_none()) {
+        for r in &p.rows {
+            ensure!(
+                r.gbit_per_sec.min > 0.0,
+                "{}: no traffic in {}",
+                p.path,
+                r.workload
+            );
+        }
+        // Pings under load may all be lost on a congested path; the flow itself must run.
+        ensure!(
+            p.ping_idle.as_ref().is_some_and(|s| s.received > 0),
+            "{}: no ping replies",
+            p.path
+        );
+        ensure!(
+            p.load_gbit_per_sec.is_some_and(|g| g.min > 0.0),
+            "{}: no bulk flow under the loaded pings",
+            p.path
+        );
+    }
+    Ok(())
 }
 
 fn write_results(report: &mut E2eReport, out: &Path) -> anyhow::Result<()> {
@@ -306,7 +364,7 @@ fn write_results(report: &mut E2eReport, out: &Path) -> anyhow::Result<()> {
 fn unavailable(kind: PathKind) -> Option<String> {
     match kind {
         PathKind::Direct => None,
-        PathKind::Ours => {
+        PathKind::Ours | PathKind::OursTun => {
             let bins = TunnelBinaries::next_to_current_exe();
             let missing: Vec<String> = bins
                 .missing()
@@ -340,12 +398,15 @@ enum Tunnel {
     Vpn(vpn::Baseline),
 }
 
+/// Builds `kind`'s lab, starts its tunnel and measures every path of that lab (see
+/// [`PathKind::measured_from`]), each from its player in turn. An error here is the lab's or
+/// the tunnel's; each path's own measurement has its own result.
 fn measure_path(
     kind: PathKind,
     plan: &Plan,
     repeats: usize,
     stop: &AtomicBool,
-) -> anyhow::Result<PathResult> {
+) -> anyhow::Result<Vec<(PathKind, anyhow::Result<PathResult>)>> {
     let config = if kind == PathKind::Direct {
         LabConfig::direct()
     } else {
@@ -355,7 +416,7 @@ fn measure_path(
     let mut lab = Lab::build(&config, &mut progress, stop).context("building the lab")?;
     let tunnel = match kind {
         PathKind::Direct => Tunnel::None,
-        PathKind::Ours => Tunnel::Ours(start_ours(&mut lab)?),
+        PathKind::Ours | PathKind::OursTun => Tunnel::Ours(start_ours(&mut lab)?),
         PathKind::OpenVpn => Tunnel::Vpn(vpn::start_openvpn(&mut lab)?),
         PathKind::Tinc => Tunnel::Vpn(vpn::start_tinc(&mut lab)?),
     };
@@ -364,11 +425,18 @@ fn measure_path(
         Tunnel::Vpn(b) => b.pids(),
         Tunnel::Ours(pids) => pids.clone(),
     };
-    let result = measure_lab(kind, &lab, &pids, plan, repeats);
+    let results = kind
+        .measured_from()
+        .iter()
+        .map(|&(path, player)| {
+            eprintln!("e2e: {}: measuring from {player}", path.name());
+            (path, measure_lab(path, player, &lab, &pids, plan, repeats))
+        })
+        .collect();
     // Baseline processes die before the lab's namespaces go.
     drop(tunnel);
     drop(lab);
-    result
+    Ok(results)
 }
 
 /// Starts our relay, gateway and clients in the lab (the lab waits until the player has its
@@ -419,14 +487,16 @@ struct Repeat {
     load_gbit: f64,
 }
 
+/// Measures `kind` from the player `player` (`c1`, `c2`) to `host1`, `repeats` times.
 fn measure_lab(
     kind: PathKind,
+    player: &str,
     lab: &Lab,
     pids: &[u32],
     plan: &Plan,
     repeats: usize,
 ) -> anyhow::Result<PathResult> {
-    let c1 = lab.node("c1")?;
+    let c1 = lab.node(player)?;
     let host = lab.node("host1")?;
     let dest = host.lan_addr.context("host1 has no LAN address")?;
     let dir = lab.dir().to_path_buf();
@@ -436,7 +506,7 @@ fn measure_lab(
     let (_, warm) = ping(&c1.ns, dest, 5, Duration::from_millis(20))?;
     ensure!(
         !warm.is_empty(),
-        "{}: {dest} does not answer ping",
+        "{}: {dest} does not answer ping from {player}",
         kind.name()
     );
     let mut all = Vec::new();
@@ -753,7 +823,18 @@ fn figure(paths: &[PathResult], kind: PathKind, workload: &str, pps: bool) -> Op
 }
 
 fn ratio(paths: &[PathResult], base: PathKind, workload: &str, pps: bool) -> Option<f64> {
-    let ours = figure(paths, PathKind::Ours, workload, pps)?;
+    ratio_of(paths, PathKind::Ours, base, workload, pps)
+}
+
+/// `ours`' figure over `base`'s for `workload`.
+fn ratio_of(
+    paths: &[PathResult],
+    ours: PathKind,
+    base: PathKind,
+    workload: &str,
+    pps: bool,
+) -> Option<f64> {
+    let ours = figure(paths, ours, workload, pps)?;
     let theirs = figure(paths, base, workload, pps)?;
     Some(ours / theirs.max(1e-12))
 }
@@ -839,9 +920,11 @@ fn markdown(r: &E2eReport) -> String {
     );
     let _ = writeln!(
         s,
-        "Median (min–max) over the repeats, from `c1` to `host1` on the party LAN. UDP runs \
-         offer unlimited load (`iperf3 -b 0`); Gbit/s is received payload. CPU s is user + \
-         system time of the tunnel's processes during the run (hub, gateway side, player).\n"
+        "Median (min–max) over the repeats, from the player to `host1` on the party LAN: `c1` \
+         (TAP adapter) on every path, `c2` (TUN adapter, Ethernet emulated by the client) for \
+         softlan TUN, in the same lab as softlan. UDP runs offer unlimited load (`iperf3 -b \
+         0`); Gbit/s is received payload. CPU s is user + system time of the tunnel's \
+         processes during the run (hub, gateway side, players; softlan counts both clients).\n"
     );
     let _ = writeln!(
         s,
@@ -901,20 +984,25 @@ fn markdown(r: &E2eReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n| workload | softlan / direct | softlan / OpenVPN TAP | softlan / tinc switch |"
+        "\n| workload | softlan / direct | softlan / OpenVPN TAP | softlan / tinc switch | \
+         softlan TUN / direct | softlan TUN / OpenVPN TAP | softlan TUN / softlan |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     for w in workloads() {
         let pps = w.starts_with("UDP");
-        let cell =
-            |base| ratio(&r.paths, base, &w, pps).map_or("–".into(), |x| format!("{x:.2}"));
+        let cell = |ours, base| {
+            ratio_of(&r.paths, ours, base, &w, pps).map_or("–".into(), |x| format!("{x:.2}"))
+        };
         let _ = writeln!(
             s,
-            "| {w}{} | {} | {} | {} |",
+            "| {w}{} | {} | {} | {} | {} | {} | {} |",
             if pps { " (packets/s)" } else { " (Gbit/s)" },
-            cell(PathKind::Direct),
-            cell(PathKind::OpenVpn),
-            cell(PathKind::Tinc),
+            cell(PathKind::Ours, PathKind::Direct),
+            cell(PathKind::Ours, PathKind::OpenVpn),
+            cell(PathKind::Ours, PathKind::Tinc),
+            cell(PathKind::OursTun, PathKind::Direct),
+            cell(PathKind::OursTun, PathKind::OpenVpn),
+            cell(PathKind::OursTun, PathKind::Ours),
         );
     }
     let _ = writeln!(s, "\n| target | measured | required | met |");
@@ -1039,6 +1127,78 @@ mod tests {
         assert_eq!(
             find("TCP 4 streams throughput: softlan / OpenVPN").met,
             None
+        );
+    }
+
+    #[test]
+    fn softlan_is_measured_from_the_tap_and_the_tun_player_in_one_lab() {
+        assert_eq!(
+            PathKind::Ours.measured_from(),
+            &[(PathKind::Ours, "c1"), (PathKind::OursTun, "c2")]
+        );
+        assert!(!PathKind::LABS.contains(&PathKind::OursTun));
+        assert_eq!(PathKind::Tinc.measured_from(), &[(PathKind::Tinc, "c1")]);
+    }
+
+    #[test]
+    fn quick_check_needs_traffic_on_the_tun_path_too() {
+        let carried = |kind| {
+            let mut p = path_with(kind, 2.0, 300_000.0, &[100.0]);
+            p.load_gbit_per_sec = Some(Spread::of([1.0]));
+            p
+        };
+        let tap_only = vec![
+            carried(PathKind::Ours),
+            PathResult::skipped(PathKind::OursTun, "failed: no address".into()),
+        ];
+        assert!(check_traffic(&tap_only).is_err());
+        let mut silent_tun = carried(PathKind::OursTun);
+        silent_tun.rows[0].gbit_per_sec = Spread::of([0.0]);
+        let err = check_traffic(&[carried(PathKind::Ours), silent_tun]).unwrap_err();
+        assert!(err.to_string().contains("softlan TUN: no traffic"), "{err}");
+        assert!(check_traffic(&[carried(PathKind::Ours), carried(PathKind::OursTun)]).is_ok());
+        // Neither player measured (programs not built) is a skip, not a failure.
+        let neither = vec![
+            PathResult::skipped(PathKind::Ours, "not built".into()),
+            PathResult::skipped(PathKind::OursTun, "not built".into()),
+        ];
+        assert!(check_traffic(&neither).is_ok());
+    }
+
+    #[test]
+    fn tun_rows_and_ratios_are_in_the_table() {
+        let paths = vec![
+            path_with(PathKind::Direct, 20.0, 500_000.0, &[50.0]),
+            path_with(PathKind::Ours, 2.0, 300_000.0, &[100.0]),
+            path_with(PathKind::OursTun, 1.0, 150_000.0, &[110.0]),
+        ];
+        let report = E2eReport {
+            quick: true,
+            repeats: 1,
+            plan: Plan::new(true),
+            targets: targets(&paths),
+            paths,
+            files: Vec::new(),
+        };
+        let md = markdown(&report);
+        assert!(
+            md.contains("| softlan TUN | TCP 1 stream | 1.000 |"),
+            "{md}"
+        );
+        // TCP 1 stream: TUN / direct 0.05, TUN / OpenVPN not measured, TUN / TAP 0.5.
+        assert!(
+            md.contains("| TCP 1 stream (Gbit/s) | 0.10 | – | – | 0.05 | – | 0.50 |"),
+            "{md}"
+        );
+        let (idle, _) = latency_series(&report.paths);
+        assert!(idle.iter().any(|s| s.name == "softlan TUN"));
+        assert!(
+            throughput_series(&report.paths)
+                .iter()
+                .any(|s| s.name == "softlan TUN"
+                    && s.points.len() == 1
+                    && s.points[0].0 == 64.0
+                    && (s.points[0].1 - 150_000.0 * 512.0 / 1e6).abs() < 1e-6)
         );
     }
 
