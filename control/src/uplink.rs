@@ -112,6 +112,8 @@ pub struct Uplink {
     frames: VecDeque<Bytes>,
     events: VecDeque<UplinkEvent>,
     status: String,
+    /// The session state `status` was formatted from.
+    status_of: Option<State>,
     counters: UplinkCounters,
 }
 
@@ -133,6 +135,7 @@ impl Uplink {
             frames: VecDeque::new(),
             events: VecDeque::new(),
             status: String::new(),
+            status_of: None,
             counters: UplinkCounters::default(),
         }
     }
@@ -201,10 +204,15 @@ impl Uplink {
             self.handle_driver_event(now, event);
         }
         self.run_actions(now);
-        let status = self.session.status();
-        if status != self.status {
-            self.status.clone_from(&status);
-            self.events.push_back(UplinkEvent::Status(status));
+        // The status line is a function of the session's state: format it only when that
+        // changed, not on every turn of the datapath loop.
+        if self.status_of.as_ref() != Some(self.session.state()) {
+            self.status_of = Some(self.session.state().clone());
+            let status = self.session.status();
+            if status != self.status {
+                self.status.clone_from(&status);
+                self.events.push_back(UplinkEvent::Status(status));
+            }
         }
     }
 

@@ -174,10 +174,16 @@ impl Bridge {
     /// When the UDP backend's submit fails.
     pub fn step(&mut self, now: Instant) -> io::Result<()> {
         self.uplink.receive(now);
+        // Every change the status line shows (session state, room members) arrives as an
+        // event, so the line is rebuilt only on turns that had some.
+        let mut changed = false;
         while let Some(event) = self.uplink.poll_event() {
             self.handle_event(event);
+            changed = true;
         }
-        self.update_status();
+        if changed {
+            self.update_status();
+        }
         self.lan_to_room(now)?;
         self.room_to_lan();
         if now >= self.next_stats {
