@@ -299,9 +299,9 @@ impl<D: Device> Engine<D> {
         {
             emu.handle_timeout(now);
         }
-        self.drain_emulator();
+        self.drain_emulator(now);
         self.drain_adapter(now);
-        self.drain_emulator();
+        self.drain_emulator(now);
         self.report_status();
         self.uplink.transmit(now)?;
         let wake = if self.more_to_read {
@@ -388,7 +388,7 @@ impl<D: Device> Engine<D> {
             self.counters.from_adapter += 1;
             if self.dev.carries_ethernet() {
                 // Drops (not joined, oversize) are counted by the uplink.
-                self.uplink.send_frame(&mut self.buf[..n]);
+                self.uplink.send_frame(now, &mut self.buf[..n]);
             } else {
                 match &mut self.emu {
                     Some(emu) => {
@@ -397,7 +397,7 @@ impl<D: Device> Engine<D> {
                     }
                     None => self.counters.dropped_before_join += 1,
                 }
-                self.drain_emulator();
+                self.drain_emulator(now);
             }
         }
         // Stopped early: edge-reporting backends would not report the rest, so come back
@@ -405,10 +405,10 @@ impl<D: Device> Engine<D> {
         self.more_to_read = true;
     }
 
-    fn drain_emulator(&mut self) {
+    fn drain_emulator(&mut self, now: Instant) {
         let Some(emu) = &mut self.emu else { return };
         while let Some(mut frame) = emu.poll_frame() {
-            self.uplink.send_frame(&mut frame);
+            self.uplink.send_frame(now, &mut frame);
             emu.recycle(frame);
         }
         let l3 = !self.dev.carries_ethernet();

@@ -395,7 +395,7 @@ impl Uplink {
     /// Sends one Ethernet frame into the room: clamps the MSS of TCP SYNs (when configured),
     /// fragments it when it does not fit one datagram. Returns false when it was dropped
     /// (counted): not joined, larger than the room allows, or refused by QUIC.
-    pub fn send_frame(&mut self, frame: &mut [u8]) -> bool {
+    pub fn send_frame(&mut self, now: Instant, frame: &mut [u8]) -> bool {
         let (Some(conn), Some((budget, max_frame))) = (self.conn, self.joined) else {
             self.counters.dropped_not_joined += 1;
             return false;
@@ -412,12 +412,12 @@ impl Uplink {
         {
             self.counters.mss_clamped += 1;
         }
-        let driver = self.runner.driver();
+        let runner = &mut self.runner;
         let mut refused = false;
         let split = self
             .fragmenter
             .fragment(frame, budget, &mut self.frag_buf, |d| {
-                refused |= driver.send_datagram(conn, d).is_err();
+                refused |= runner.send_datagram(now, conn, d).is_err();
             });
         if split.is_err() {
             self.counters.dropped_oversize += 1;

@@ -175,7 +175,7 @@ fn joins_carries_frames_reconnects_and_stops_on_a_fatal_reject() {
         *b = i as u8;
     }
     let sent = big.clone();
-    assert!(uplink.send_frame(&mut big));
+    assert!(uplink.send_frame(Instant::now(), &mut big));
     pump(
         &mut relay,
         &mut uplink,

@@ -20,8 +20,10 @@
 use std::io;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use crate::io::{BackendKind, IoCounters, UdpBackend, WaitOutcome, Waker};
-use crate::quic::Driver;
+use crate::quic::{ConnId, DatagramError, Driver};
 
 /// A driver and the UDP backend it talks through.
 #[derive(Debug)]
@@ -32,6 +34,12 @@ pub struct Runner {
     /// so an idle turn allocates nothing.
     spare: Option<Vec<u8>>,
     ready: Vec<u64>,
+    /// A submit failure met while making room mid-turn, returned by the next
+    /// [`Self::transmit`].
+    deferred: Option<io::Error>,
+    /// Making room this turn already found nothing the driver could send (congestion control
+    /// or pacing holds it back), so further attempts would be empty submits.
+    stalled: bool,
 }
 
 impl Runner {
@@ -43,6 +51,8 @@ impl Runner {
             io,
             spare: None,
             ready: Vec::with_capacity(8),
+            deferred: None,
+            stalled: false,
         }
     }
 
@@ -91,6 +101,7 @@ impl Runner {
     /// delivered in the 64-byte benchmark. What is left stays in the backend, whose `wait`
     /// returns at once while it holds received batches, so the next turn picks it up.
     pub fn receive(&mut self, now: Instant) -> usize {
+        self.stalled = false;
         let mut batches = 0;
         // At least one batch per turn, whatever the configured queue size.
         let limit = (self.driver.config().max_queued_datagrams / 2).max(1);
@@ -114,6 +125,62 @@ impl Runner {
     ///
     /// When the backend's submit call fails; individual send failures are counted instead.
     pub fn transmit(&mut self, now: Instant) -> io::Result<usize> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let batches = self.queue_transmits(now);
+        self.io.flush()?;
+        Ok(batches)
+    }
+
+    /// Queues a DATAGRAM on `conn` like [`Driver::send_datagram`], but first sends what the
+    /// driver has ready when `data` would push an older datagram out of the connection's
+    /// queue.
+    ///
+    /// A turn can queue far more than one connection's DATAGRAM buffer (64 KiB): a relay feeds
+    /// up to thousands of received datagrams to its egress connections, an adapter read loop
+    /// hundreds of frames. Without this, everything beyond the buffer was dropped before it
+    /// reached the socket although congestion control would have let it go; TCP through the
+    /// tunnel saw those drops as loss. What congestion control or pacing really holds back is
+    /// still dropped oldest-first and counted.
+    ///
+    /// # Errors
+    ///
+    /// See [`Driver::send_datagram`]. A submit failure while making room is returned by the
+    /// next [`Self::transmit`].
+    pub fn send_datagram(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        data: Bytes,
+    ) -> Result<(), DatagramError> {
+        self.make_room(now, conn, data.len());
+        self.driver.send_datagram(conn, data)
+    }
+
+    /// [`Self::send_datagram`] to each of `conns` (refcount clones of `data`); returns how many
+    /// took it. Refusals are counted in the driver's counters.
+    pub fn send_datagram_to_many(&mut self, now: Instant, conns: &[ConnId], data: Bytes) -> usize {
+        for &conn in conns {
+            self.make_room(now, conn, data.len());
+        }
+        self.driver.send_datagram_to_many(conns, data)
+    }
+
+    fn make_room(&mut self, now: Instant, conn: ConnId, len: usize) {
+        if self.stalled || self.driver.datagram_send_space(conn).is_none_or(|s| s >= len) {
+            return;
+        }
+        if self.queue_transmits(now) == 0 {
+            self.stalled = true;
+        } else if let Err(e) = self.io.flush() {
+            self.stalled = true;
+            self.deferred.get_or_insert(e);
+        }
+    }
+
+    /// Moves every transmit the driver has into the backend's queue, without submitting.
+    fn queue_transmits(&mut self, now: Instant) -> usize {
         let mut batches = 0;
         loop {
             let mut buf = self.spare.take().unwrap_or_else(|| self.io.send_buffer());
@@ -124,12 +191,10 @@ impl Runner {
                 }
                 None => {
                     self.spare = Some(buf);
-                    break;
+                    return batches;
                 }
             }
         }
-        self.io.flush()?;
-        Ok(batches)
     }
 
     /// Sleeps until a datagram arrives, the waker fires, a watched fd becomes ready, the

@@ -260,7 +260,7 @@ impl Bridge {
                 {
                     self.counters.lan_checksums_completed += 1;
                 }
-                if self.uplink.send_frame(&mut self.buf[..len]) {
+                if self.uplink.send_frame(now, &mut self.buf[..len]) {
                     self.counters.lan_forwarded += 1;
                     self.counters.lan_forwarded_bytes += len as u64;
                     since_transmit += 1;

@@ -245,8 +245,7 @@ impl Datapath {
                             .filter_map(|p| slot.conns.get(p).copied()),
                     );
                     self.runner
-                        .driver()
-                        .send_datagram_to_many(&self.out_conns, bytes);
+                        .send_datagram_to_many(now, &self.out_conns, bytes);
                 }
             }
             Event::Closed { conn, reason, .. } => {

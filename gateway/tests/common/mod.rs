@@ -582,7 +582,10 @@ impl Player {
     /// Sends one frame into the room and pushes it out.
     pub fn send(&mut self, frame: &[u8]) {
         let mut f = frame.to_vec();
-        assert!(self.uplink.send_frame(&mut f), "player could not send");
+        assert!(
+            self.uplink.send_frame(Instant::now(), &mut f),
+            "player could not send"
+        );
         self.uplink.transmit(Instant::now()).unwrap();
     }
 

@@ -903,7 +903,7 @@ impl SocketGateway {
                     continue;
                 };
                 buf.copy_from_slice(frame);
-                if self.uplink.send_frame(buf) {
+                if self.uplink.send_frame(now, buf) {
                     self.counts.lan_forwarded += 1;
                     since_transmit += 1;
                     if since_transmit == lanparty_gateway::bridge::TRANSMIT_EVERY {
@@ -1068,7 +1068,7 @@ fn room_to_lan(
         while player.uplink.poll_frame().is_some() {}
         for _ in 0..32 {
             buf.copy_from_slice(&f);
-            if player.uplink.send_frame(&mut buf) {
+            if player.uplink.send_frame(now, &mut buf) {
                 sent += 1;
             }
         }
