@@ -566,6 +566,21 @@ pub struct PeerLeft {
     pub peer_id: PeerId,
 }
 
+/// Relay → peer: every member's path now carries DATAGRAMs of `budget` bytes.
+///
+/// The welcome's `room_budget` is fixed before frames flow, usually at the size a path carries
+/// before path MTU discovery (about 1162 bytes), so a full 1514-byte frame takes two fragments
+/// and TCP's MSS is clamped to fit that size. When PMTUD has raised the DATAGRAM size of every
+/// member's connection, the relay sends the smallest of them here, and again whenever it
+/// changes (a member joins with a smaller path, or a path shrinks). A peer fragments and clamps
+/// to this size, never to less than the welcome's `room_budget` and never to more than its own
+/// connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomBudget {
+    /// Bytes of DATAGRAM payload every member can receive (at least [`MIN_DATAGRAM_BUDGET`]).
+    pub budget: u16,
+}
+
 /// Counters of one connection. From a peer: its own view (in = received from the relay).
 /// From the relay: the relay's view of this peer's connection (in = received from the peer).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -604,6 +619,8 @@ pub enum Message {
     PeerJoined(PeerInfo),
     /// Relay → peer.
     PeerLeft(PeerLeft),
+    /// Relay → peer: the DATAGRAM size every member's path carries now.
+    RoomBudget(RoomBudget),
     /// Either direction.
     Stats(Stats),
     /// Either direction.
@@ -612,12 +629,13 @@ pub enum Message {
 
 impl Message {
     /// Every `"type"` tag, in documentation order.
-    pub const TYPES: [&'static str; 7] = [
+    pub const TYPES: [&'static str; 8] = [
         "hello",
         "welcome",
         "reject",
         "peer_joined",
         "peer_left",
+        "room_budget",
         "stats",
         "disconnect",
     ];
@@ -630,6 +648,7 @@ impl Message {
             Self::Reject(_) => "reject",
             Self::PeerJoined(_) => "peer_joined",
             Self::PeerLeft(_) => "peer_left",
+            Self::RoomBudget(_) => "room_budget",
             Self::Stats(_) => "stats",
             Self::Disconnect(_) => "disconnect",
         }
@@ -658,6 +677,7 @@ impl Message {
             Self::Reject(r) => check_reason(&r.reason),
             Self::PeerJoined(p) => p.validate(),
             Self::PeerLeft(_) => Ok(()),
+            Self::RoomBudget(b) => check_budget(b.budget),
             Self::Stats(s) => s.validate(),
             Self::Disconnect(d) => check_reason(&d.reason),
         }
@@ -677,6 +697,11 @@ impl From<Welcome> for Message {
 impl From<Reject> for Message {
     fn from(m: Reject) -> Self {
         Self::Reject(m)
+    }
+}
+impl From<RoomBudget> for Message {
+    fn from(m: RoomBudget) -> Self {
+        Self::RoomBudget(m)
     }
 }
 impl From<Stats> for Message {
@@ -926,6 +951,7 @@ pub(crate) mod raw {
         Reject(Reject),
         PeerJoined(RawPeerInfo),
         PeerLeft(RawPeerLeft),
+        RoomBudget(RoomBudget),
         Stats(Stats),
         Disconnect(Disconnect),
     }
@@ -1017,6 +1043,7 @@ pub(crate) mod raw {
                 RawMessage::PeerLeft(p) => Self::PeerLeft(PeerLeft {
                     peer_id: PeerId::new(p.peer_id)?,
                 }),
+                RawMessage::RoomBudget(b) => Self::RoomBudget(b),
                 RawMessage::Stats(s) => Self::Stats(s),
                 RawMessage::Disconnect(d) => Self::Disconnect(d),
             })

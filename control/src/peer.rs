@@ -32,6 +32,9 @@ pub enum PeerEvent {
     PeerJoined(PeerInfo),
     /// A member left the room (with what we knew of it).
     PeerLeft(PeerId, Option<PeerInfo>),
+    /// Every member's path now carries DATAGRAMs of this many bytes (see
+    /// [`RoomBudget`](crate::msg::RoomBudget)).
+    RoomBudget(u16),
     /// The relay's counters for this peer.
     RelayStats(Stats),
     /// The relay is closing the connection.
@@ -223,6 +226,9 @@ impl PeerControl {
             (PeerState::Joined, Message::PeerLeft(l)) => {
                 let info = self.peers.remove(&l.peer_id);
                 self.events.push_back(PeerEvent::PeerLeft(l.peer_id, info));
+            }
+            (PeerState::Joined, Message::RoomBudget(b)) => {
+                self.events.push_back(PeerEvent::RoomBudget(b.budget));
             }
             (PeerState::Joined, Message::Stats(s)) => {
                 self.events.push_back(PeerEvent::RelayStats(s));

@@ -105,7 +105,10 @@ pub struct Uplink {
     session: Session,
     control: PeerControl,
     conn: Option<ConnId>,
+    /// The budget frames are cut to now and the room's largest frame, once joined.
     joined: Option<(Budget, usize)>,
+    /// The welcome's fixed budget and the relay's latest [`RoomBudget`](crate::msg::RoomBudget).
+    room_budget: Option<(Budget, Option<u16>)>,
     fragmenter: Fragmenter,
     frag_buf: BytesMut,
     reassembler: Reassembler<()>,
@@ -129,6 +132,7 @@ impl Uplink {
             config,
             conn: None,
             joined: None,
+            room_budget: None,
             // The origin is set from the welcome; nothing is sent before it.
             fragmenter: Fragmenter::new(0),
             frag_buf: BytesMut::with_capacity(64 * 1024),
@@ -204,6 +208,7 @@ impl Uplink {
             self.handle_driver_event(now, event);
         }
         self.run_actions(now);
+        self.refresh_budget();
         // The status line is a function of the session's state: format it only when that
         // changed, not on every turn of the datapath loop.
         if self.status_of.as_ref() != Some(self.session.state()) {
@@ -269,6 +274,7 @@ impl Uplink {
                     return;
                 };
                 self.joined = Some((budget, usize::from(welcome.max_frame)));
+                self.room_budget = Some((budget, None));
                 self.fragmenter
                     .set_origin(overlay::origin_of(welcome.peer_id.0));
                 self.session.handle_input(
@@ -318,6 +324,11 @@ impl Uplink {
                     self.events.push_back(UplinkEvent::PeerLeft(info));
                 }
             }
+            PeerEvent::RoomBudget(announced) => {
+                if let Some((_, latest)) = &mut self.room_budget {
+                    *latest = Some(announced);
+                }
+            }
             PeerEvent::RelayStats(stats) => self.events.push_back(UplinkEvent::RelayStats(stats)),
             PeerEvent::Disconnected { reason } => {
                 self.close_conn(now, "relay said goodbye");
@@ -343,6 +354,7 @@ impl Uplink {
     /// Forgets the room after the connection ended.
     fn forget(&mut self) {
         let was_joined = self.joined.take().is_some();
+        self.room_budget = None;
         self.control.on_connection_lost();
         self.reassembler.remove_source(());
         if was_joined {
@@ -390,6 +402,25 @@ impl Uplink {
     /// The next frame from the room, if any.
     pub fn poll_frame(&mut self) -> Option<Bytes> {
         self.frames.pop_front()
+    }
+
+    /// Cuts frames to the relay's announced room budget, bounded by what this connection
+    /// carries now (PMTUD can also lower it) and never below the welcome's fixed budget.
+    fn refresh_budget(&mut self) {
+        let (Some(conn), Some((fixed, announced)), Some((current, _))) =
+            (self.conn, self.room_budget, &mut self.joined)
+        else {
+            return;
+        };
+        let own = self.runner.driver().max_datagram_size(conn).unwrap_or(0);
+        let size = announced
+            .map_or(0, |a| usize::from(a).min(own))
+            .max(fixed.bytes());
+        if size != current.bytes()
+            && let Ok(budget) = Budget::new(size)
+        {
+            *current = budget;
+        }
     }
 
     /// Sends one Ethernet frame into the room: clamps the MSS of TCP SYNs (when configured),

@@ -35,6 +35,8 @@ pub(crate) enum Up {
     Closed { conn: ConnKey, reason: String },
     /// The answer to [`Down::RequestStats`].
     Stats(Box<Snapshot>),
+    /// The smallest DATAGRAM size among a room's connections changed (PMTUD results).
+    PathBudget { room: String, budget: u16 },
 }
 
 /// Commands from the control thread to the datapath thread.

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use lanparty_control::admission::{self, Rooms};
 use lanparty_control::codec::{self, Decoder};
-use lanparty_control::msg::{self, Disconnect, Message, PeerId, Reject, RejectCode};
+use lanparty_control::msg::{
+    self, Disconnect, Message, PeerId, Reject, RejectCode, RoomBudget, RoomCode,
+};
 use lanparty_control::runtime::ControlSide;
 use lanparty_datapath::switch;
 use tokio::sync::{mpsc, oneshot};
@@ -81,6 +83,8 @@ struct Control {
     admitted: u64,
     rejects: BTreeMap<&'static str, u64>,
     shutting_down: bool,
+    /// Per room: the budget last announced with `room_budget`, when above the welcome's.
+    announced: HashMap<RoomCode, u16>,
 }
 
 /// What woke the loop.
@@ -125,6 +129,7 @@ pub(crate) async fn run(
         broadcast_stats: false,
         admitted: 0,
         rejects: BTreeMap::new(),
+        announced: HashMap::new(),
         shutting_down: false,
     };
     let mut requests_open = true;
@@ -287,6 +292,39 @@ impl Control {
             }
             Up::Closed { conn, reason } => self.on_closed(conn, &reason).await,
             Up::Stats(snapshot) => self.on_stats(*snapshot).await,
+            Up::PathBudget { room, budget } => self.on_path_budget(&room, budget).await,
+        }
+    }
+
+    /// Tells every member of `room` the DATAGRAM size all their paths carry now, when that
+    /// differs from what they were last told (never less than the welcome's fixed budget).
+    async fn on_path_budget(&mut self, room: &str, path: u16) {
+        let Ok(code) = RoomCode::new(room) else {
+            return;
+        };
+        let Some(status) = self.rooms.room(&code) else {
+            self.announced.remove(&code);
+            return;
+        };
+        let budget = path.max(status.budget);
+        let told = self.announced.get(&code).copied().unwrap_or(status.budget);
+        if budget == told {
+            return;
+        }
+        if budget == status.budget {
+            self.announced.remove(&code);
+        } else {
+            self.announced.insert(code.clone(), budget);
+        }
+        tracing::debug!(room = %code, budget, "room budget follows the members' paths");
+        let msg = Message::RoomBudget(RoomBudget { budget });
+        let conns: Vec<ConnKey> = self
+            .rooms
+            .members(&code)
+            .filter_map(|p| self.peers.get(&p).copied())
+            .collect();
+        for conn in conns {
+            self.write(conn, &msg).await;
         }
     }
 
@@ -489,6 +527,10 @@ impl Control {
             "peer admitted"
         );
         self.write(conn, &Message::Welcome(admitted.welcome)).await;
+        if let Some(&budget) = self.announced.get(&admitted.room) {
+            self.write(conn, &Message::RoomBudget(RoomBudget { budget }))
+                .await;
+        }
         self.deliver(admitted.notices).await;
     }
 

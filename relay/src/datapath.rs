@@ -44,6 +44,8 @@ struct RoomSlot {
     code: String,
     room: Room,
     conns: HashMap<PeerId, ConnId>,
+    /// The smallest DATAGRAM size among `conns`, as last reported to the control thread.
+    path_budget: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -76,7 +78,12 @@ pub(crate) struct Datapath {
     /// Set by `Shutdown`: when to close everything, then when to stop.
     shutdown: Option<(Instant, String)>,
     stop_at: Option<Instant>,
+    /// When the rooms' path budgets are next compared with their connections' PMTUD results.
+    next_path_check: Instant,
 }
+
+/// How often rooms compare their members' DATAGRAM sizes (PMTUD moves them rarely).
+const PATH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Datapath {
     pub(crate) fn new(
@@ -101,6 +108,7 @@ impl Datapath {
             unadmitted_datagrams: 0,
             shutdown: None,
             stop_at: None,
+            next_path_check: Instant::now(),
         }
     }
 
@@ -151,6 +159,9 @@ impl Datapath {
             if let Some(t) = slot.room.poll_timeout() {
                 take(t);
             }
+        }
+        if self.rooms.iter().any(Option::is_some) {
+            take(self.next_path_check);
         }
         if !self.pending_up.is_empty() {
             // The control thread does not wake us when it drains the channel; retry soon.
@@ -371,6 +382,7 @@ impl Datapath {
                     code: code.clone(),
                     room: Room::new(config),
                     conns: HashMap::new(),
+                    path_budget: None,
                 };
                 let idx = match self.rooms.iter().position(Option::is_none) {
                     Some(free) => {
@@ -401,6 +413,32 @@ impl Datapath {
         self.peers.insert(peer, (idx, id));
         if let Some(s) = self.slots.get_mut(id.index()).and_then(Option::as_mut) {
             s.peer = Some((peer, idx));
+        }
+    }
+
+    /// Reports each room whose smallest member DATAGRAM size changed: the control thread
+    /// turns it into a `room_budget` message, so frames grow with PMTUD (fewer fragments,
+    /// larger TCP segments) while every member can still receive them.
+    fn check_path_budgets(&mut self) {
+        let driver = self.runner.driver();
+        let mut changed = Vec::new();
+        for slot in self.rooms.iter_mut().flatten() {
+            let smallest = slot
+                .conns
+                .values()
+                .filter_map(|&c| driver.max_datagram_size(c))
+                .min()
+                .map(|s| u16::try_from(s).unwrap_or(u16::MAX));
+            if smallest.is_some() && smallest != slot.path_budget {
+                slot.path_budget = smallest;
+                changed.extend(smallest.map(|budget| Up::PathBudget {
+                    room: slot.code.clone(),
+                    budget,
+                }));
+            }
+        }
+        for up in changed {
+            self.up(up);
         }
     }
 
@@ -438,6 +476,10 @@ impl Datapath {
             if slot.room.poll_timeout().is_some_and(|t| t <= now) {
                 slot.room.handle_timeout(now);
             }
+        }
+        if self.next_path_check <= now {
+            self.next_path_check = now + PATH_CHECK_INTERVAL;
+            self.check_path_budgets();
         }
         if self.lingering.iter().any(|l| l.at <= now) {
             let due: Vec<Linger> = {
