@@ -253,7 +253,9 @@ impl PeerControl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::msg::{DisplayName, PROTOCOL_VERSION, PeerLeft, Reject, Role, RoomCode, Secret};
+    use crate::msg::{
+        DisplayName, PROTOCOL_VERSION, PeerLeft, Reject, Role, RoomBudget, RoomCode, Secret,
+    };
 
     fn hello() -> Hello {
         Hello {
@@ -315,6 +317,35 @@ mod tests {
             p.peers().map(|i| i.peer_id).collect::<Vec<_>>(),
             vec![PeerId(9)]
         );
+    }
+
+    #[test]
+    fn a_room_budget_is_an_event_once_joined_and_a_protocol_error_before() {
+        let budget = |b| frame(Message::RoomBudget(RoomBudget { budget: b }));
+        let mut early = PeerControl::new(hello());
+        early.on_connected();
+        early.handle_bytes(&budget(1434));
+        assert!(matches!(
+            early.poll_event(),
+            Some(PeerEvent::ProtocolError(_))
+        ));
+
+        let mut p = PeerControl::new(hello());
+        p.on_connected();
+        let welcome = Welcome {
+            version: PROTOCOL_VERSION,
+            peer_id: PeerId(7),
+            room_budget: 1162,
+            max_frame: 1518,
+            peers: vec![],
+        };
+        p.handle_bytes(&frame(Message::Welcome(welcome)));
+        p.handle_bytes(&budget(1434));
+        assert!(matches!(p.poll_event(), Some(PeerEvent::Joined(_))));
+        assert_eq!(p.poll_event(), Some(PeerEvent::RoomBudget(1434)));
+        // Below the protocol minimum: the decoder refuses it.
+        p.handle_bytes(&budget(900));
+        assert!(matches!(p.poll_event(), Some(PeerEvent::ProtocolError(_))));
     }
 
     #[test]

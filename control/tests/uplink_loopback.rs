@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lanparty_control::codec::{self, Decoder};
 use lanparty_control::msg::{
-    DisplayName, Hello, Message, PROTOCOL_VERSION, PeerId, Reject, RejectCode, Role, RoomCode,
-    Secret, Welcome,
+    DisplayName, Hello, Message, PROTOCOL_VERSION, PeerId, Reject, RejectCode, Role, RoomBudget,
+    RoomCode, Secret, Welcome,
 };
 use lanparty_control::session::SessionConfig;
 use lanparty_control::uplink::{Uplink, UplinkConfig, UplinkEvent};
@@ -191,6 +191,47 @@ fn joins_carries_frames_reconnects_and_stops_on_a_fatal_reject() {
         .filter_map(|d| reassembler.handle_fragment(now, 1u8, d))
         .collect();
     assert_eq!(whole, vec![Bytes::from(sent)]);
+
+    // The relay announces a larger room budget (PMTUD on every member's path): frames up to
+    // it go whole, and the uplink never cuts above what its own connection carries.
+    let announce = |relay: &mut FakeRelay, budget: u16| {
+        let conn = relay.conn.unwrap();
+        let bytes = codec::encode(&Message::RoomBudget(RoomBudget { budget })).unwrap();
+        relay.runner.driver().write_control(conn, &bytes).unwrap();
+    };
+    announce(&mut relay, 1300);
+    pump(
+        &mut relay,
+        &mut uplink,
+        &mut events,
+        &mut frames,
+        |_, u, _, _| u.budget().is_some_and(|b| b.bytes() == 1300),
+    );
+    let mut mid = big[..1299].to_vec();
+    assert!(uplink.send_frame(Instant::now(), &mut mid));
+    pump(
+        &mut relay,
+        &mut uplink,
+        &mut events,
+        &mut frames,
+        |r, _, _, _| !r.datagrams.is_empty(),
+    );
+    let one = relay.datagrams.remove(0);
+    assert_eq!(one.len(), 1300, "a 1299-byte frame goes as one datagram");
+    assert_eq!(&one[1..], &big[..1299]);
+    announce(&mut relay, 60_000);
+    pump(
+        &mut relay,
+        &mut uplink,
+        &mut events,
+        &mut frames,
+        |_, u, _, _| u.budget().is_some_and(|b| b.bytes() > 1300),
+    );
+    let own = uplink.budget().unwrap().bytes();
+    assert!(
+        own <= 1472 - 20,
+        "budget {own} exceeds what a 1500-byte path carries"
+    );
 
     // A frame from the relay reaches the uplink.
     let frame = [

@@ -168,7 +168,12 @@ impl Runner {
     }
 
     fn make_room(&mut self, now: Instant, conn: ConnId, len: usize) {
-        if self.stalled || self.driver.datagram_send_space(conn).is_none_or(|s| s >= len) {
+        if self.stalled
+            || self
+                .driver
+                .datagram_send_space(conn)
+                .is_none_or(|s| s >= len)
+        {
             return;
         }
         if self.queue_transmits(now) == 0 {

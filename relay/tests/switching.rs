@@ -304,3 +304,45 @@ fn a_relay_on_the_ipv6_wildcard_serves_ipv4_and_ipv6_peers() {
     // The IPv4 peer shows as IPv4, not as an IPv4-mapped IPv6 address.
     assert_eq!(sources, vec!["127.0.0.1", "::1"]);
 }
+
+#[test]
+fn the_room_budget_follows_the_members_paths_after_pmtud() {
+    // Loopback carries far more than 1500 bytes, so PMTUD raises every connection to the
+    // configured ceiling (1472-byte UDP payloads) within a few round trips.
+    let relay = TestRelay::start();
+    let (mut a, welcome) = relay.join("lan-party", mac(1), "Ann");
+    let (mut b, _) = relay.join("lan-party", mac(2), "Bob");
+    let announced = |p: &mut TestPeer| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = None;
+        while Instant::now() < deadline {
+            match p.next_notice(deadline.saturating_duration_since(Instant::now())) {
+                Some(Message::RoomBudget(r)) => {
+                    last = Some(r.budget);
+                    if usize::from(r.budget) == p.max_datagram_size().unwrap_or(0) {
+                        break;
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        last
+    };
+    let for_a = announced(&mut a).expect("Ann heard no room_budget");
+    let for_b = announced(&mut b).expect("Bob heard no room_budget");
+    assert!(
+        for_a > welcome.room_budget,
+        "announced {for_a}, welcome {}",
+        welcome.room_budget
+    );
+    assert_eq!(for_a, for_b);
+    // A frame of the announced size crosses whole.
+    let payload = vec![7u8; usize::from(for_a) - 1 - 14];
+    let frame = ether(mac(2), mac(1), 0x88b5, &payload);
+    let datagram = lanparty_datapath::wire::overlay::encode_whole(&frame);
+    assert_eq!(datagram.len(), usize::from(for_a));
+    a.send_datagram(Bytes::from(datagram.clone()));
+    let got = b.collect(1, WAIT);
+    assert_eq!(got.first().map(|d| &d[..]), Some(&datagram[..]));
+}
