@@ -572,6 +572,11 @@ impl Bridge {
     /// Creates bridge `name` in `ns` and brings it up. STP is off and the forwarding delay zero,
     /// so ports forward at once.
     ///
+    /// When the host has `br_netfilter` loaded, bridged frames would also run the namespace's
+    /// iptables hooks, which no LAN switch does and which cost a good share of every frame's
+    /// CPU; the namespace's `bridge-nf-call-*` switches are turned off (best effort: they
+    /// only exist with the module).
+    ///
     /// # Errors
     ///
     /// [`NetnsError`] when `ip link add` fails.
@@ -592,6 +597,13 @@ impl Bridge {
             ns: ns.name().to_owned(),
             name: name.to_owned(),
         };
+        for key in [
+            "net.bridge.bridge-nf-call-iptables",
+            "net.bridge.bridge-nf-call-ip6tables",
+            "net.bridge.bridge-nf-call-arptables",
+        ] {
+            let _ = ns.set_sysctl(key, "0");
+        }
         ns.set_link_up(name)?;
         Ok(bridge)
     }
