@@ -1,7 +1,7 @@
 //! The QUIC driver over real sockets on 127.0.0.1 and [::1], through both UDP backends
 //! (io_uring and quinn-udp) and mixed pairs: pinned handshakes, a wrong pin, 100 000 mixed-size
 //! DATAGRAMs with verified contents and accounted losses, a mebibyte on the control stream, and
-//! GSO/GRO in use. Each side runs the `Runner` loop on its own thread; everything is bounded in
+//! GSO/GRO in use, and a burst larger than the DATAGRAM buffer sent by `Runner::send_datagram`. Each side runs the `Runner` loop on its own thread; everything is bounded in
 //! time. Linux only (the io_uring backend is Linux-only).
 #![cfg(target_os = "linux")]
 
@@ -754,4 +754,114 @@ fn a_mebibyte_on_the_control_stream_arrives_in_order() {
     control_mebibyte(URING, URING, V4);
     control_mebibyte(PORTABLE, PORTABLE, V6);
     control_mebibyte(PORTABLE, URING, V4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runner::send_datagram: a burst larger than the DATAGRAM buffer is sent, not dropped
+// ---------------------------------------------------------------------------------------------
+
+/// Turns both runners once (one thread, so the test controls exactly what each turn queues).
+fn turn_both(server: &mut Runner, client: &mut Runner, received: &mut u64) {
+    let now = Instant::now();
+    for r in [&mut *server, &mut *client] {
+        r.receive(now);
+        while let Some(ev) = r.driver().poll_event() {
+            if let Event::Datagram { .. } = ev {
+                *received += 1;
+            }
+        }
+        r.transmit(now).unwrap();
+    }
+    server
+        .wait(Some(Instant::now() + Duration::from_millis(1)))
+        .unwrap();
+}
+
+#[test]
+fn a_burst_larger_than_the_datagram_buffer_goes_out_instead_of_being_dropped() {
+    let Some(mut p) = pair(PORTABLE, PORTABLE, V4) else {
+        return;
+    };
+    let server_addr = p.server.local_addr();
+    let start = Instant::now();
+    let conn = p
+        .client
+        .driver()
+        .connect(start, server_addr, "localhost", pinned(p.fingerprint))
+        .unwrap();
+    let mut received = 0;
+    while p.client.driver().datagram_send_space(conn).is_none() {
+        assert!(start.elapsed() < GIVE_UP, "no handshake");
+        turn_both(&mut p.server, &mut p.client, &mut received);
+    }
+    // Grow the congestion window: loopback loses nothing, so slow start grows it with every
+    // acknowledged packet while each turn queues more than it lets out (an application-limited
+    // sender would not grow it).
+    let payload = Bytes::from(vec![0x5a; 1000]);
+    let buffer = DriverConfig::default().transport.datagram_send_buffer;
+    for _ in 0..300 {
+        for _ in 0..60 {
+            p.client
+                .driver()
+                .send_datagram(conn, payload.clone())
+                .unwrap();
+        }
+        turn_both(&mut p.server, &mut p.client, &mut received);
+    }
+    for _ in 0..50 {
+        turn_both(&mut p.server, &mut p.client, &mut received);
+    }
+    // Three buffers' worth in one turn, first straight into the driver (which keeps only the
+    // newest 64 KiB), then through the runner (which sends what congestion control allows
+    // before anything is dropped).
+    let burst = 3 * buffer / payload.len();
+    let burst_drops = |p: &mut Pair, through_runner: bool, received: &mut u64| {
+        let dropped_before = p
+            .client
+            .driver_ref()
+            .stats(conn)
+            .unwrap()
+            .datagrams_dropped_tx;
+        let now = Instant::now();
+        for _ in 0..burst {
+            if through_runner {
+                p.client.send_datagram(now, conn, payload.clone()).unwrap();
+            } else {
+                p.client
+                    .driver()
+                    .send_datagram(conn, payload.clone())
+                    .unwrap();
+            }
+        }
+        let dropped = p
+            .client
+            .driver_ref()
+            .stats(conn)
+            .unwrap()
+            .datagrams_dropped_tx
+            - dropped_before;
+        let received_before = *received;
+        let expected = burst as u64 - dropped;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while *received - received_before < expected && Instant::now() < deadline {
+            turn_both(&mut p.server, &mut p.client, received);
+        }
+        assert_eq!(
+            *received - received_before,
+            expected,
+            "what was not dropped arrives"
+        );
+        dropped
+    };
+    let direct = burst_drops(&mut p, false, &mut received);
+    let runner = burst_drops(&mut p, true, &mut received);
+    let held = buffer / payload.len();
+    assert!(
+        direct as usize >= burst - held - 1,
+        "direct {direct} of {burst}"
+    );
+    assert!(
+        runner * 2 < direct,
+        "the runner dropped {runner} of {burst} datagrams, the driver alone {direct}"
+    );
 }
