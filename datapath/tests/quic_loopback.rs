@@ -1,8 +1,9 @@
 //! The QUIC driver over real sockets on 127.0.0.1 and [::1], through both UDP backends
 //! (io_uring and quinn-udp) and mixed pairs: pinned handshakes, a wrong pin, 100 000 mixed-size
-//! DATAGRAMs with verified contents and accounted losses, a mebibyte on the control stream, and
-//! GSO/GRO in use, and a burst larger than the DATAGRAM buffer sent by `Runner::send_datagram`. Each side runs the `Runner` loop on its own thread; everything is bounded in
-//! time. Linux only (the io_uring backend is Linux-only).
+//! DATAGRAMs with verified contents and accounted losses, a mebibyte on the control stream,
+//! GSO/GRO in use, and a burst larger than the DATAGRAM buffer through `Runner::send_datagram`.
+//! Each side runs the `Runner` loop on its own thread (the burst test turns both on one);
+//! everything is bounded in time. Linux only (the io_uring backend is Linux-only).
 #![cfg(target_os = "linux")]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
