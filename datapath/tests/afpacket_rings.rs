@@ -239,6 +239,32 @@ fn tx_ring_frames_arrive_at_the_peer(v: RingVersion) {
 }
 
 #[test]
+fn socket_send_batch_frames_arrive_at_the_peer_in_order() {
+    if !netns::require_root("socket_send_batch_frames_arrive_at_the_peer_in_order") {
+        return;
+    }
+    let p = pair("sendmm");
+    let mut sock = socket_in(&p.a, "lpa");
+    let mut peer = socket_in(&p.b, "lpb");
+    let mut sent = vec![ipx_frame(), ieee8023_frame(), full_size_frame()];
+    sent.extend((0..200).map(|i| numbered(SENDER, i, 60 + (i as usize * 7) % 1400)));
+    let mut rest: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
+    let mut calls = 0;
+    while !rest.is_empty() {
+        let n = sock.send_batch(&rest).unwrap();
+        // One call takes at most one batch (64 frames by default).
+        assert!(n > 0 && n <= SocketConfig::default().batch, "{n}");
+        rest.drain(..n);
+        calls += 1;
+    }
+    assert!(calls >= sent.len().div_ceil(SocketConfig::default().batch));
+    assert_eq!(sock.send_batch(&[]).unwrap(), 0);
+    let got = socket_collect_from(&mut peer, SENDER, sent.len(), Duration::from_secs(5));
+    assert_same_frames(&got, &sent);
+    assert_eq!(sock.counters().unwrap().tx_frames, sent.len() as u64);
+}
+
+#[test]
 fn tx_ring_refuses_oversized_frames_and_reports_a_full_ring_v2() {
     tx_ring_refuses_oversized_frames_and_reports_a_full_ring(RingVersion::V2);
 }

@@ -142,6 +142,9 @@ enum Path {
     Ring(RxRingMode),
     /// `PacketSocket`: recvmmsg, one send per frame (baseline).
     Socket,
+    /// `PacketSocket` as [`Path::Socket`], but the room's frames of a turn leave with one
+    /// `sendmmsg` per 64 (room → LAN only): the TX alternative without a ring.
+    SocketMmsg,
     /// A bare RX ring of this layout: wait, filter, copy; no QUIC (LAN → room only).
     RingRx(RxRingMode),
     /// A bare `PacketSocket`: wait, recvmmsg, filter, copy; no QUIC (LAN → room only).
@@ -154,6 +157,7 @@ impl Path {
             Self::Ring(RxRingMode::V2) => "ring V2 (Bridge, default)",
             Self::Ring(RxRingMode::V3) => "ring V3 (Bridge, --rx-ring v3)",
             Self::Socket => "recvmmsg socket (baseline)",
+            Self::SocketMmsg => "sendmmsg socket (TX alternative)",
             Self::RingRx(RxRingMode::V2) => "ring V2, receive + filter only",
             Self::RingRx(RxRingMode::V3) => "ring V3, receive + filter only",
             Self::SocketRx => "recvmmsg socket, receive + filter only (baseline)",
@@ -167,6 +171,7 @@ impl Path {
             Self::Ring(RxRingMode::V2) => "ring-v2",
             Self::Ring(RxRingMode::V3) => "ring-v3",
             Self::Socket => "socket",
+            Self::SocketMmsg => "socket-mmsg",
             Self::RingRx(RxRingMode::V2) => "ringrx-v2",
             Self::RingRx(RxRingMode::V3) => "ringrx-v3",
             Self::SocketRx => "socketrx",
@@ -342,6 +347,7 @@ pub(crate) fn run_gateway(opts: &GatewayOpts) -> anyhow::Result<Option<GatewayRe
             (Dir::RoomToLan, Path::Ring(DEFAULT_RING)),
             (Dir::RoomToLan, Path::Ring(OTHER_RING)),
             (Dir::RoomToLan, Path::Socket),
+            (Dir::RoomToLan, Path::SocketMmsg),
         ] {
             let mut runs = Vec::new();
             for _ in 0..opts.repeats {
@@ -723,7 +729,7 @@ impl Lab {
                     .run_in(|| PacketSocket::open(NIC_IF, &SocketConfig::default()))??;
                 Ok(Gw::SocketRx(Box::new(RxOnly::new(sock))))
             }
-            Path::Socket => {
+            Path::Socket | Path::SocketMmsg => {
                 let sock = self
                     .nic
                     .run_in(|| PacketSocket::open(NIC_IF, &SocketConfig::default()))??;
@@ -739,6 +745,8 @@ impl Lab {
                     filter: LanFilter::new(),
                     buf: vec![0; 9220],
                     counts: Counts::default(),
+                    batch_tx: path == Path::SocketMmsg,
+                    tx_batch: Vec::with_capacity(TX_BATCH),
                 })))
             }
         }
@@ -944,6 +952,9 @@ impl RxOnly<PacketSocket> {
     }
 }
 
+/// Room frames per `sendmmsg` of [`Path::SocketMmsg`] (the socket's batch size).
+const TX_BATCH: usize = 64;
+
 /// The baseline: the bridge's loop with a plain AF_PACKET socket instead of the rings.
 struct SocketGateway {
     uplink: Uplink,
@@ -951,6 +962,10 @@ struct SocketGateway {
     filter: LanFilter,
     buf: Vec<u8>,
     counts: Counts,
+    /// Room → LAN with `sendmmsg` batches instead of one `send` per frame.
+    batch_tx: bool,
+    /// The room frames of the current batch.
+    tx_batch: Vec<bytes::Bytes>,
 }
 
 impl SocketGateway {
@@ -994,11 +1009,37 @@ impl SocketGateway {
                 }
             }
         }
-        // Room → LAN: one send per frame.
-        while let Some(frame) = self.uplink.poll_frame() {
-            self.counts.room_frames += 1;
-            if self.sock.send(&frame).is_ok() {
-                self.counts.room_to_lan += 1;
+        if self.batch_tx {
+            // Room → LAN: one sendmmsg per batch; a batch the device refuses is dropped.
+            loop {
+                self.tx_batch.clear();
+                while self.tx_batch.len() < TX_BATCH {
+                    let Some(frame) = self.uplink.poll_frame() else {
+                        break;
+                    };
+                    self.tx_batch.push(frame);
+                }
+                if self.tx_batch.is_empty() {
+                    break;
+                }
+                self.counts.room_frames += self.tx_batch.len() as u64;
+                let mut refs: [&[u8]; TX_BATCH] = [&[]; TX_BATCH];
+                for (r, f) in refs.iter_mut().zip(&self.tx_batch) {
+                    *r = f;
+                }
+                let mut rest = &refs[..self.tx_batch.len()];
+                while let Ok(n @ 1..) = self.sock.send_batch(rest) {
+                    self.counts.room_to_lan += n as u64;
+                    rest = &rest[n..];
+                }
+            }
+        } else {
+            // Room → LAN: one send per frame.
+            while let Some(frame) = self.uplink.poll_frame() {
+                self.counts.room_frames += 1;
+                if self.sock.send(&frame).is_ok() {
+                    self.counts.room_to_lan += 1;
+                }
             }
         }
         self.uplink.transmit(now)?;
