@@ -182,14 +182,39 @@ fn ring_receives_ipx_8023_and_full_size_frames_byte_for_byte_v3() {
     ring_receives_ipx_8023_and_full_size_frames_byte_for_byte(RingVersion::V3);
 }
 
+/// With the TX linear copy (PACKET_VNET_HDR) on, received frames carry a virtio header in
+/// front of the MAC header; the ring must hand over the same frames.
+#[test]
+fn ring_with_tx_linear_copy_receives_frames_byte_for_byte_v2() {
+    ring_receives_byte_for_byte(linear(RingVersion::V2), "linear");
+}
+
+#[test]
+fn ring_with_tx_linear_copy_receives_frames_byte_for_byte_v3() {
+    ring_receives_byte_for_byte(linear(RingVersion::V3), "linear");
+}
+
+/// [`cfg`] with [`RingConfig::tx_linear_copy`].
+fn linear(v: RingVersion) -> RingConfig {
+    RingConfig {
+        tx_linear_copy: true,
+        ..cfg(v)
+    }
+}
+
 fn ring_receives_ipx_8023_and_full_size_frames_byte_for_byte(v: RingVersion) {
+    ring_receives_byte_for_byte(cfg(v), "plain");
+}
+
+fn ring_receives_byte_for_byte(config: RingConfig, what: &str) {
+    let v = config.version;
     if !netns::require_root(&format!(
-        "ring_receives_ipx_8023_and_full_size_frames_byte_for_byte ({v:?})"
+        "ring_receives_ipx_8023_and_full_size_frames_byte_for_byte ({v:?}, {what})"
     )) {
         return;
     }
     let p = pair("rxring");
-    let mut ring = ring_in(&p.b, "lpb", &cfg(v));
+    let mut ring = ring_in(&p.b, "lpb", &config);
     let mut sender = socket_in(&p.a, "lpa");
     let sent = vec![
         ipx_frame(),
@@ -218,12 +243,29 @@ fn tx_ring_frames_arrive_at_the_peer_v3() {
     tx_ring_frames_arrive_at_the_peer(RingVersion::V3);
 }
 
+#[test]
+fn tx_ring_frames_with_linear_copy_arrive_at_the_peer_v2() {
+    tx_ring_frames_arrive(linear(RingVersion::V2), "linear");
+}
+
+#[test]
+fn tx_ring_frames_with_linear_copy_arrive_at_the_peer_v3() {
+    tx_ring_frames_arrive(linear(RingVersion::V3), "linear");
+}
+
 fn tx_ring_frames_arrive_at_the_peer(v: RingVersion) {
-    if !netns::require_root(&format!("tx_ring_frames_arrive_at_the_peer ({v:?})")) {
+    tx_ring_frames_arrive(cfg(v), "plain");
+}
+
+fn tx_ring_frames_arrive(config: RingConfig, what: &str) {
+    let v = config.version;
+    if !netns::require_root(&format!(
+        "tx_ring_frames_arrive_at_the_peer ({v:?}, {what})"
+    )) {
         return;
     }
     let p = pair("txring");
-    let mut ring = ring_in(&p.a, "lpa", &cfg(v));
+    let mut ring = ring_in(&p.a, "lpa", &config);
     let mut peer = socket_in(&p.b, "lpb");
     let mut sent = vec![ipx_frame(), ieee8023_frame(), full_size_frame()];
     sent.extend((0..200).map(|i| numbered(SENDER, i, 60 + (i as usize * 7) % 1400)));

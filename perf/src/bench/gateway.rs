@@ -39,6 +39,17 @@
 //!   Loss there is counted from the frames the gateway received from the room: the relay drops
 //!   what the relay → gateway connection cannot carry, which is not the gateway's loss (the
 //!   e2e column shows it).
+//! - **sendmmsg socket (TX alternative)**: room → LAN only, the baseline's loop with the
+//!   turn's room frames leaving in `sendmmsg` batches of 64 instead of one `send` each: the
+//!   other way of writing frames without a TX ring, measured next to it.
+//! - **send only**: the room → LAN send half alone, no QUIC and no player: the gateway thread
+//!   hands batches of 64 copies of one frame to a bare TX ring (one kick per batch, with the
+//!   gateway's ring settings), a bare socket (`send` per frame, the baseline) or a bare
+//!   socket with `sendmmsg`, as fast as it can. Like the receive-only rows, this is the TX
+//!   path's own cost, undiluted by QUIC. The kernel runs the LAN host's receive of each
+//!   frame (softirq after the veth hand-over) on the sending thread, so that work is in the
+//!   gateway's CPU time in every room → LAN row; on a physical NIC it would be another
+//!   machine's.
 //! - **receive + filter only**: the LAN → room receive half alone, a bare [`PacketRing`]
 //!   (`wait_rx`, every ready block, filter, `copy_tagged`) against a bare [`PacketSocket`]
 //!   (`wait_rx`, `recvmmsg` until empty, filter, copy), no QUIC: the difference the rings make
@@ -81,7 +92,9 @@ use lanparty_datapath::quic::tls::{self, ClientTrust, Fingerprint};
 use lanparty_datapath::quic::{Driver, DriverConfig};
 use lanparty_datapath::runner::Runner;
 use lanparty_datapath::switch::{LanFilter, LanVerdict};
-use lanparty_datapath::sys::afpacket::{PacketRing, PacketSocket, RingConfig, SocketConfig};
+use lanparty_datapath::sys::afpacket::{
+    PacketRing, PacketSocket, RingConfig, SocketConfig, TxError,
+};
 use lanparty_datapath::sys::netns::{self, Netns, Veth};
 use lanparty_gateway::{Bridge, GatewayConfig, RxRingMode};
 use serde::Serialize;
@@ -149,6 +162,13 @@ enum Path {
     RingRx(RxRingMode),
     /// A bare `PacketSocket`: wait, recvmmsg, filter, copy; no QUIC (LAN → room only).
     SocketRx,
+    /// The room → LAN send half alone, no QUIC: frames from memory into a bare TX ring of
+    /// this layout, one kick per 64 (room → LAN only).
+    RingTx(RxRingMode),
+    /// As [`Path::RingTx`] with a bare `PacketSocket`, one `send` per frame (baseline).
+    SocketTx,
+    /// As [`Path::RingTx`] with a bare `PacketSocket`, one `sendmmsg` per 64 frames.
+    SocketMmsgTx,
 }
 
 impl Path {
@@ -161,6 +181,10 @@ impl Path {
             Self::RingRx(RxRingMode::V2) => "ring V2, receive + filter only",
             Self::RingRx(RxRingMode::V3) => "ring V3, receive + filter only",
             Self::SocketRx => "recvmmsg socket, receive + filter only (baseline)",
+            Self::RingTx(RxRingMode::V2) => "ring V2, send only",
+            Self::RingTx(RxRingMode::V3) => "ring V3, send only",
+            Self::SocketTx => "send socket, send only (baseline)",
+            Self::SocketMmsgTx => "sendmmsg socket, send only",
         }
     }
 
@@ -175,11 +199,19 @@ impl Path {
             Self::RingRx(RxRingMode::V2) => "ringrx-v2",
             Self::RingRx(RxRingMode::V3) => "ringrx-v3",
             Self::SocketRx => "socketrx",
+            Self::RingTx(RxRingMode::V2) => "ringtx-v2",
+            Self::RingTx(RxRingMode::V3) => "ringtx-v3",
+            Self::SocketTx => "sockettx",
+            Self::SocketMmsgTx => "socket-mmsgtx",
         }
     }
 
     fn is_rx_only(self) -> bool {
         matches!(self, Self::RingRx(_) | Self::SocketRx)
+    }
+
+    fn is_tx_only(self) -> bool {
+        matches!(self, Self::RingTx(_) | Self::SocketTx | Self::SocketMmsgTx)
     }
 }
 
@@ -348,6 +380,10 @@ pub(crate) fn run_gateway(opts: &GatewayOpts) -> anyhow::Result<Option<GatewayRe
             (Dir::RoomToLan, Path::Ring(OTHER_RING)),
             (Dir::RoomToLan, Path::Socket),
             (Dir::RoomToLan, Path::SocketMmsg),
+            (Dir::RoomToLan, Path::RingTx(DEFAULT_RING)),
+            (Dir::RoomToLan, Path::RingTx(OTHER_RING)),
+            (Dir::RoomToLan, Path::SocketTx),
+            (Dir::RoomToLan, Path::SocketMmsgTx),
         ] {
             let mut runs = Vec::new();
             for _ in 0..opts.repeats {
@@ -458,6 +494,12 @@ fn targets(rows: &[Row]) -> anyhow::Result<Vec<Target>> {
                     "receive + filter only",
                 ),
                 (Dir::RoomToLan, Path::Ring(mode), Path::Socket, "with QUIC"),
+                (
+                    Dir::RoomToLan,
+                    Path::RingTx(mode),
+                    Path::SocketTx,
+                    "send only",
+                ),
             ] {
                 let ring = find(ring, dir, size, false)?;
                 let base = find(base, dir, size, false)?;
@@ -465,8 +507,8 @@ fn targets(rows: &[Row]) -> anyhow::Result<Vec<Target>> {
                     ring.frames_per_cpu_sec.median / base.frames_per_cpu_sec.median.max(1e-9);
                 targets.push(Target {
                     name: format!(
-                        "ring {version} frames per CPU-second vs recvmmsg socket, {} {size} B, \
-                         {what} (ratio)",
+                        "ring {version} frames per CPU-second vs socket, {} {size} B, {what} \
+                         (ratio)",
                         dir.name()
                     ),
                     measured: ratio,
@@ -619,7 +661,7 @@ impl Lab {
         duration: Duration,
         rate: Option<f64>,
     ) -> anyhow::Result<Sample> {
-        let mut gw = self.gateway(room, path)?;
+        let mut gw = self.gateway(room, path, size)?;
         let mut player = self.player(room)?;
         // Join: both sides turn until the gateway sees the player as a remote client.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -647,6 +689,7 @@ impl Lab {
                         while !go.load(Ordering::Acquire) {
                             gw.turn()?;
                         }
+                        gw.begin();
                         let (before, cpu0, delay0) =
                             (gw.counts(), thread_cpu_time(), thread_run_delay());
                         while !stop.load(Ordering::Acquire) {
@@ -654,6 +697,7 @@ impl Lab {
                         }
                         let cpu = thread_cpu_time() - cpu0;
                         let starved = thread_run_delay().saturating_sub(delay0);
+                        gw.end();
                         let after = gw.counts();
                         Ok((gw, before, after, cpu, starved))
                     },
@@ -661,7 +705,15 @@ impl Lab {
         };
         let result = match dir {
             Dir::LanToRoom => lan_to_room(lan_host, &mut player, size, duration, rate, &go),
-            Dir::RoomToLan => room_to_lan(lan_host, &mut player, size, duration, &go),
+            Dir::RoomToLan => room_to_lan(
+                lan_host,
+                &mut player,
+                size,
+                duration,
+                !path.is_tx_only(),
+                &go,
+                &stop,
+            ),
         };
         stop.store(true, Ordering::Release);
         let joined = gw_thread
@@ -681,6 +733,8 @@ impl Lab {
             Dir::LanToRoom => sent,
             Dir::RoomToLan => after.room_frames - before.room_frames,
         };
+        // Without QUIC the gateway itself is the source.
+        let sent = if path.is_tx_only() { reached } else { sent };
         Ok(Sample {
             sent,
             reached,
@@ -693,7 +747,7 @@ impl Lab {
         })
     }
 
-    fn gateway(&self, room: &str, path: Path) -> anyhow::Result<Gw> {
+    fn gateway(&self, room: &str, path: Path, size: usize) -> anyhow::Result<Gw> {
         let room_code = RoomCode::new(room)?;
         match path {
             Path::Ring(rx_ring) => {
@@ -722,6 +776,21 @@ impl Lab {
                     .nic
                     .run_in(move || PacketRing::open(NIC_IF, &config))??;
                 Ok(Gw::RingRx(Box::new(RxOnly::new(ring))))
+            }
+            Path::RingTx(mode) => {
+                let config = lanparty_gateway::ring_config(mode);
+                let ring = self
+                    .nic
+                    .run_in(move || PacketRing::open(NIC_IF, &config))??;
+                Ok(Gw::RingTx(Box::new(TxOnly::new(ring, size))))
+            }
+            Path::SocketTx | Path::SocketMmsgTx => {
+                let sock = self
+                    .nic
+                    .run_in(|| PacketSocket::open(NIC_IF, &SocketConfig::default()))??;
+                let mut tx = TxOnly::new(sock, size);
+                tx.batch = path == Path::SocketMmsgTx;
+                Ok(Gw::SocketTx(Box::new(tx)))
             }
             Path::SocketRx => {
                 let sock = self
@@ -826,6 +895,8 @@ enum Gw {
     Socket(Box<SocketGateway>),
     RingRx(Box<RxOnly<PacketRing>>),
     SocketRx(Box<RxOnly<PacketSocket>>),
+    RingTx(Box<TxOnly<PacketRing>>),
+    SocketTx(Box<TxOnly<PacketSocket>>),
 }
 
 impl Gw {
@@ -835,8 +906,28 @@ impl Gw {
             Self::Socket(s) => s.turn()?,
             Self::RingRx(r) => r.turn_ring()?,
             Self::SocketRx(r) => r.turn_socket()?,
+            Self::RingTx(t) => t.turn_ring()?,
+            Self::SocketTx(t) => t.turn_socket()?,
         }
         Ok(())
+    }
+
+    /// The measurement starts: a send-only gateway starts sending.
+    fn begin(&mut self) {
+        match self {
+            Self::RingTx(t) => t.active = true,
+            Self::SocketTx(t) => t.active = true,
+            _ => {}
+        }
+    }
+
+    /// The measurement ended: a send-only gateway stops sending.
+    fn end(&mut self) {
+        match self {
+            Self::RingTx(t) => t.active = false,
+            Self::SocketTx(t) => t.active = false,
+            _ => {}
+        }
     }
 
     fn close(&mut self) -> anyhow::Result<()> {
@@ -846,7 +937,7 @@ impl Gw {
                 s.uplink.close(Instant::now(), "benchmark run done");
                 s.uplink.transmit(Instant::now())?;
             }
-            Self::RingRx(_) | Self::SocketRx(_) => {}
+            Self::RingRx(_) | Self::SocketRx(_) | Self::RingTx(_) | Self::SocketTx(_) => {}
         }
         Ok(())
     }
@@ -857,6 +948,8 @@ impl Gw {
             Self::Socket(s) => s.filter.remote_count(),
             Self::RingRx(r) => r.filter.remote_count(),
             Self::SocketRx(r) => r.filter.remote_count(),
+            Self::RingTx(t) => t.filter.remote_count(),
+            Self::SocketTx(t) => t.filter.remote_count(),
         }
     }
 
@@ -889,6 +982,8 @@ impl Gw {
                 rx_full: r.io.counters().map_or(0, |c| c.kernel_drops),
                 ..r.counts
             },
+            Self::RingTx(t) => t.counts,
+            Self::SocketTx(t) => t.counts,
         }
     }
 }
@@ -954,6 +1049,81 @@ impl RxOnly<PacketSocket> {
 
 /// Room frames per `sendmmsg` of [`Path::SocketMmsg`] (the socket's batch size).
 const TX_BATCH: usize = 64;
+
+/// The room → LAN send half alone: between [`Gw::begin`] and [`Gw::end`], every turn hands
+/// [`TX_BATCH`] copies of one frame (the player's, to the LAN host) to the kernel, as the
+/// bridge does with the room's frames, without QUIC and without waiting. The player's MAC is
+/// set as the filter's remote by hand (only so the run's join check passes).
+struct TxOnly<T> {
+    io: T,
+    filter: LanFilter,
+    frame: bytes::Bytes,
+    /// `sendmmsg` batches instead of one `send` per frame (sockets only).
+    batch: bool,
+    active: bool,
+    counts: Counts,
+}
+
+impl<T> TxOnly<T> {
+    fn new(io: T, size: usize) -> Self {
+        let mut filter = LanFilter::new();
+        filter.add_remote(CLIENT);
+        Self {
+            io,
+            filter,
+            frame: frame(HOST, CLIENT, size).into(),
+            batch: false,
+            active: false,
+            counts: Counts::default(),
+        }
+    }
+}
+
+impl TxOnly<PacketRing> {
+    fn turn_ring(&mut self) -> std::io::Result<()> {
+        if !self.active {
+            return Ok(());
+        }
+        for _ in 0..TX_BATCH {
+            self.counts.room_frames += 1;
+            let mut result = self.io.send(&self.frame);
+            if result == Err(TxError::RingFull) {
+                // What the bridge does: kick, try once more.
+                self.io.flush()?;
+                result = self.io.send(&self.frame);
+            }
+            if result.is_ok() {
+                self.counts.room_to_lan += 1;
+            }
+        }
+        self.io.flush()?;
+        Ok(())
+    }
+}
+
+impl TxOnly<PacketSocket> {
+    fn turn_socket(&mut self) -> std::io::Result<()> {
+        if !self.active {
+            return Ok(());
+        }
+        self.counts.room_frames += TX_BATCH as u64;
+        if self.batch {
+            let refs: [&[u8]; TX_BATCH] = [&self.frame; TX_BATCH];
+            let mut rest = &refs[..];
+            while let Ok(n @ 1..) = self.io.send_batch(rest) {
+                self.counts.room_to_lan += n as u64;
+                rest = &rest[n..];
+            }
+        } else {
+            for _ in 0..TX_BATCH {
+                if self.io.send(&self.frame).is_ok() {
+                    self.counts.room_to_lan += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The baseline: the bridge's loop with a plain AF_PACKET socket instead of the rings.
 struct SocketGateway {
@@ -1150,15 +1320,18 @@ fn lan_to_room(
     Ok((sent.load(Ordering::Acquire), player.received, wall))
 }
 
-/// Room → LAN: the player sends bursts into the room for `duration`; a thread in the sender
-/// namespace counts what arrives on the LAN host. Returns frames sent, frames the LAN host
-/// received, and the sending time.
+/// Room → LAN: the player sends bursts into the room for `duration` (unless `player_sends` is
+/// false: then the send-only gateway is the source, and `stop` ends it when the time is up); a
+/// thread in the sender namespace counts what arrives on the LAN host. Returns frames the
+/// player sent, frames the LAN host received, and the sending time.
 fn room_to_lan(
     mut host: PacketRing,
     player: &mut Player,
     size: usize,
     duration: Duration,
+    player_sends: bool,
     go: &AtomicBool,
+    stop: &AtomicBool,
 ) -> anyhow::Result<(u64, u64, Duration)> {
     let f = frame(HOST, CLIENT, size);
     let done = Arc::new(AtomicBool::new(false));
@@ -1184,6 +1357,10 @@ fn room_to_lan(
     let mut sent = 0u64;
     let mut buf = f.clone();
     while Instant::now() < end {
+        if !player_sends {
+            player.turn(Duration::from_millis(1))?;
+            continue;
+        }
         let now = Instant::now();
         player.uplink.receive(now);
         while player.uplink.poll_event().is_some() {}
@@ -1196,6 +1373,9 @@ fn room_to_lan(
         }
         player.uplink.transmit(now)?;
         player.uplink.wait(Some(Instant::now()))?;
+    }
+    if !player_sends {
+        stop.store(true, Ordering::Release);
     }
     let wall = start.elapsed();
     let drain_end = Instant::now() + Duration::from_millis(300);
