@@ -165,6 +165,9 @@ enum Path {
     /// The room → LAN send half alone, no QUIC: frames from memory into a bare TX ring of
     /// this layout, one kick per 64 (room → LAN only).
     RingTx(RxRingMode),
+    /// As [`Path::RingTx`] without [`RingConfig::tx_linear_copy`]: each frame goes to the
+    /// kernel as a fragment pointing at its ring slot (the gateway before it set that option).
+    RingTxPaged(RxRingMode),
     /// As [`Path::RingTx`] with a bare `PacketSocket`, one `send` per frame (baseline).
     SocketTx,
     /// As [`Path::RingTx`] with a bare `PacketSocket`, one `sendmmsg` per 64 frames.
@@ -183,6 +186,8 @@ impl Path {
             Self::SocketRx => "recvmmsg socket, receive + filter only (baseline)",
             Self::RingTx(RxRingMode::V2) => "ring V2, send only",
             Self::RingTx(RxRingMode::V3) => "ring V3, send only",
+            Self::RingTxPaged(RxRingMode::V2) => "ring V2, send only, page fragments",
+            Self::RingTxPaged(RxRingMode::V3) => "ring V3, send only, page fragments",
             Self::SocketTx => "send socket, send only (baseline)",
             Self::SocketMmsgTx => "sendmmsg socket, send only",
         }
@@ -201,6 +206,8 @@ impl Path {
             Self::SocketRx => "socketrx",
             Self::RingTx(RxRingMode::V2) => "ringtx-v2",
             Self::RingTx(RxRingMode::V3) => "ringtx-v3",
+            Self::RingTxPaged(RxRingMode::V2) => "ringtx-paged-v2",
+            Self::RingTxPaged(RxRingMode::V3) => "ringtx-paged-v3",
             Self::SocketTx => "sockettx",
             Self::SocketMmsgTx => "socket-mmsgtx",
         }
@@ -211,7 +218,10 @@ impl Path {
     }
 
     fn is_tx_only(self) -> bool {
-        matches!(self, Self::RingTx(_) | Self::SocketTx | Self::SocketMmsgTx)
+        matches!(
+            self,
+            Self::RingTx(_) | Self::RingTxPaged(_) | Self::SocketTx | Self::SocketMmsgTx
+        )
     }
 }
 
@@ -382,6 +392,7 @@ pub(crate) fn run_gateway(opts: &GatewayOpts) -> anyhow::Result<Option<GatewayRe
             (Dir::RoomToLan, Path::SocketMmsg),
             (Dir::RoomToLan, Path::RingTx(DEFAULT_RING)),
             (Dir::RoomToLan, Path::RingTx(OTHER_RING)),
+            (Dir::RoomToLan, Path::RingTxPaged(DEFAULT_RING)),
             (Dir::RoomToLan, Path::SocketTx),
             (Dir::RoomToLan, Path::SocketMmsgTx),
         ] {
@@ -777,8 +788,11 @@ impl Lab {
                     .run_in(move || PacketRing::open(NIC_IF, &config))??;
                 Ok(Gw::RingRx(Box::new(RxOnly::new(ring))))
             }
-            Path::RingTx(mode) => {
-                let config = lanparty_gateway::ring_config(mode);
+            Path::RingTx(mode) | Path::RingTxPaged(mode) => {
+                let config = RingConfig {
+                    tx_linear_copy: matches!(path, Path::RingTx(_)),
+                    ..lanparty_gateway::ring_config(mode)
+                };
                 let ring = self
                     .nic
                     .run_in(move || PacketRing::open(NIC_IF, &config))??;
