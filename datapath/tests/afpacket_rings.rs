@@ -182,14 +182,39 @@ fn ring_receives_ipx_8023_and_full_size_frames_byte_for_byte_v3() {
     ring_receives_ipx_8023_and_full_size_frames_byte_for_byte(RingVersion::V3);
 }
 
+/// With the TX linear copy (PACKET_VNET_HDR) on, received frames carry a virtio header in
+/// front of the MAC header; the ring must hand over the same frames.
+#[test]
+fn ring_with_tx_linear_copy_receives_frames_byte_for_byte_v2() {
+    ring_receives_byte_for_byte(linear(RingVersion::V2), "linear");
+}
+
+#[test]
+fn ring_with_tx_linear_copy_receives_frames_byte_for_byte_v3() {
+    ring_receives_byte_for_byte(linear(RingVersion::V3), "linear");
+}
+
+/// [`cfg`] with [`RingConfig::tx_linear_copy`].
+fn linear(v: RingVersion) -> RingConfig {
+    RingConfig {
+        tx_linear_copy: true,
+        ..cfg(v)
+    }
+}
+
 fn ring_receives_ipx_8023_and_full_size_frames_byte_for_byte(v: RingVersion) {
+    ring_receives_byte_for_byte(cfg(v), "plain");
+}
+
+fn ring_receives_byte_for_byte(config: RingConfig, what: &str) {
+    let v = config.version;
     if !netns::require_root(&format!(
-        "ring_receives_ipx_8023_and_full_size_frames_byte_for_byte ({v:?})"
+        "ring_receives_ipx_8023_and_full_size_frames_byte_for_byte ({v:?}, {what})"
     )) {
         return;
     }
     let p = pair("rxring");
-    let mut ring = ring_in(&p.b, "lpb", &cfg(v));
+    let mut ring = ring_in(&p.b, "lpb", &config);
     let mut sender = socket_in(&p.a, "lpa");
     let sent = vec![
         ipx_frame(),
@@ -218,12 +243,29 @@ fn tx_ring_frames_arrive_at_the_peer_v3() {
     tx_ring_frames_arrive_at_the_peer(RingVersion::V3);
 }
 
+#[test]
+fn tx_ring_frames_with_linear_copy_arrive_at_the_peer_v2() {
+    tx_ring_frames_arrive(linear(RingVersion::V2), "linear");
+}
+
+#[test]
+fn tx_ring_frames_with_linear_copy_arrive_at_the_peer_v3() {
+    tx_ring_frames_arrive(linear(RingVersion::V3), "linear");
+}
+
 fn tx_ring_frames_arrive_at_the_peer(v: RingVersion) {
-    if !netns::require_root(&format!("tx_ring_frames_arrive_at_the_peer ({v:?})")) {
+    tx_ring_frames_arrive(cfg(v), "plain");
+}
+
+fn tx_ring_frames_arrive(config: RingConfig, what: &str) {
+    let v = config.version;
+    if !netns::require_root(&format!(
+        "tx_ring_frames_arrive_at_the_peer ({v:?}, {what})"
+    )) {
         return;
     }
     let p = pair("txring");
-    let mut ring = ring_in(&p.a, "lpa", &cfg(v));
+    let mut ring = ring_in(&p.a, "lpa", &config);
     let mut peer = socket_in(&p.b, "lpb");
     let mut sent = vec![ipx_frame(), ieee8023_frame(), full_size_frame()];
     sent.extend((0..200).map(|i| numbered(SENDER, i, 60 + (i as usize * 7) % 1400)));
@@ -236,6 +278,32 @@ fn tx_ring_frames_arrive_at_the_peer(v: RingVersion) {
     let got = socket_collect_from(&mut peer, SENDER, sent.len(), Duration::from_secs(5));
     assert_same_frames(&got, &sent);
     assert_eq!(ring.counters().unwrap().tx.frames, sent.len() as u64);
+}
+
+#[test]
+fn socket_send_batch_frames_arrive_at_the_peer_in_order() {
+    if !netns::require_root("socket_send_batch_frames_arrive_at_the_peer_in_order") {
+        return;
+    }
+    let p = pair("sendmm");
+    let mut sock = socket_in(&p.a, "lpa");
+    let mut peer = socket_in(&p.b, "lpb");
+    let mut sent = vec![ipx_frame(), ieee8023_frame(), full_size_frame()];
+    sent.extend((0..200).map(|i| numbered(SENDER, i, 60 + (i as usize * 7) % 1400)));
+    let mut rest: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
+    let mut calls = 0;
+    while !rest.is_empty() {
+        let n = sock.send_batch(&rest).unwrap();
+        // One call takes at most one batch (64 frames by default).
+        assert!(n > 0 && n <= SocketConfig::default().batch, "{n}");
+        rest.drain(..n);
+        calls += 1;
+    }
+    assert!(calls >= sent.len().div_ceil(SocketConfig::default().batch));
+    assert_eq!(sock.send_batch(&[]).unwrap(), 0);
+    let got = socket_collect_from(&mut peer, SENDER, sent.len(), Duration::from_secs(5));
+    assert_same_frames(&got, &sent);
+    assert_eq!(sock.counters().unwrap().tx_frames, sent.len() as u64);
 }
 
 #[test]

@@ -706,6 +706,12 @@ pub struct TxCounters {
     pub wrong_format: u64,
 }
 
+/// Bytes of the `struct virtio_net_hdr` that leads every TX slot's data when the socket has
+/// `PACKET_VNET_HDR` set.
+pub(crate) const VNET_HDR_LEN: usize = 10;
+/// Offset of `hdr_len` (little-endian `u16`) in `struct virtio_net_hdr`.
+const VNET_HDR_HDR_LEN: usize = 2;
+
 /// The TX half: fills fixed-size TPACKET_V2 or TPACKET_V3 slots in a mapping.
 #[derive(Debug)]
 pub(crate) struct TxRing {
@@ -719,6 +725,8 @@ pub(crate) struct TxRing {
     next: usize,
     pending: usize,
     counters: TxCounters,
+    /// Each frame is preceded by a `virtio_net_hdr` whose `hdr_len` covers the whole frame.
+    vnet_hdr: bool,
 }
 
 impl TxRing {
@@ -753,6 +761,7 @@ impl TxRing {
             next: 0,
             pending: 0,
             counters: TxCounters::default(),
+            vnet_hdr: false,
         }
     }
 
@@ -770,12 +779,26 @@ impl TxRing {
         ring
     }
 
-    /// Where frame data starts in a slot.
-    fn data_offset(&self) -> usize {
+    /// Puts a `virtio_net_hdr` before every frame from now on, with `hdr_len` set to the
+    /// frame's length, so the kernel copies the whole frame into the socket buffer's linear
+    /// area instead of attaching the slot's page as a fragment. For a socket with
+    /// `PACKET_VNET_HDR` set (before the rings).
+    pub(crate) fn use_vnet_hdr(&mut self) {
+        self.vnet_hdr = true;
+        self.limit = self.limit.min(self.frame_size - self.data_offset());
+    }
+
+    /// Where the slot's payload (the `virtio_net_hdr`, if any, then the frame) starts.
+    fn payload_offset(&self) -> usize {
         match self.version {
             RingVersion::V2 => pkt2::HDR_LEN,
             RingVersion::V3 => pkt::HDR_LEN,
         }
+    }
+
+    /// Where frame data starts in a slot.
+    fn data_offset(&self) -> usize {
+        self.payload_offset() + if self.vnet_hdr { VNET_HDR_LEN } else { 0 }
     }
 
     /// Largest frame accepted.
@@ -841,12 +864,24 @@ impl TxRing {
                 return Err(TxError::RingFull);
             }
         }
-        // SAFETY: the slot is ours (status available); header and `len <= max_frame` data bytes
-        // lie inside it. The kernel reads neither until the release store below.
+        // SAFETY: the slot is ours (status available); header, virtio header and
+        // `len <= max_frame` data bytes lie inside it (`max_frame` leaves room for both). The
+        // kernel reads none of them until the release store below.
         unsafe {
+            let mut tp_len = len;
+            if self.vnet_hdr {
+                // flags 0, no GSO, no checksum offload; hdr_len = the whole frame, which
+                // tpacket_snd copies into the linear area (at most the MTU + 18 < u16::MAX).
+                let vnet =
+                    std::slice::from_raw_parts_mut(slot.add(self.payload_offset()), VNET_HDR_LEN);
+                vnet.fill(0);
+                vnet[VNET_HDR_HDR_LEN..VNET_HDR_HDR_LEN + 2]
+                    .copy_from_slice(&(len as u16).to_le_bytes());
+                tp_len += VNET_HDR_LEN;
+            }
             let data = std::slice::from_raw_parts_mut(slot.add(self.data_offset()), len);
             fill(data);
-            let len32 = len as u32;
+            let len32 = tp_len as u32;
             slot.add(len_at).cast::<u32>().write_unaligned(len32);
             slot.add(snaplen_at).cast::<u32>().write_unaligned(len32);
             if self.version == RingVersion::V3 {
@@ -1113,6 +1148,9 @@ mod tests {
         frame_size: usize,
         frame_count: usize,
         next: usize,
+        /// The `virtio_net_hdr` of each frame taken (with PACKET_VNET_HDR).
+        vnet: Vec<[u8; VNET_HDR_LEN]>,
+        vnet_hdr: bool,
     }
 
     const VERSIONS: [RingVersion; 2] = [RingVersion::V2, RingVersion::V3];
@@ -1130,6 +1168,8 @@ mod tests {
                 frame_size,
                 frame_count,
                 next: 0,
+                vnet: Vec::new(),
+                vnet_hdr: false,
             };
             (k, ring)
         }
@@ -1153,7 +1193,7 @@ mod tests {
                     break;
                 }
                 // SAFETY: the header and `len` data bytes lie inside the slot.
-                let frame = unsafe {
+                let mut frame = unsafe {
                     match self.version {
                         RingVersion::V2 => {
                             // Like the kernel without PACKET_TX_HAS_OFF: data right after the
@@ -1168,6 +1208,12 @@ mod tests {
                         }
                     }
                 };
+                if self.vnet_hdr {
+                    // Like tpacket_snd with a vnet header size: the header leads tp_len.
+                    let rest = frame.split_off(VNET_HDR_LEN);
+                    self.vnet.push(frame.try_into().unwrap());
+                    frame = rest;
+                }
                 out.push(frame);
                 status.store(STATUS_AVAILABLE, Ordering::Release);
                 self.next = (self.next + 1) % self.frame_count;
@@ -1199,6 +1245,44 @@ mod tests {
                 kernel.send(16),
                 vec![b"first".to_vec(), vec![0x55; 208]],
                 "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn with_a_vnet_header_every_frame_asks_for_a_linear_copy_of_itself() {
+        for v in VERSIONS {
+            let (mut kernel, mut ring) = FakeTxKernel::new(v, 256, 4);
+            let whole = ring.max_frame();
+            ring.use_vnet_hdr();
+            kernel.vnet_hdr = true;
+            assert_eq!(ring.max_frame(), whole - VNET_HDR_LEN, "{v:?}");
+            let max = ring.max_frame();
+            push(&mut ring, b"first").unwrap();
+            push(&mut ring, &vec![0x55; max]).unwrap();
+            assert!(matches!(
+                push(&mut ring, &vec![0; max + 1]),
+                Err(TxError::TooLarge { .. })
+            ));
+            let sent = kernel.send(16);
+            assert_eq!(
+                sent,
+                vec![b"first".to_vec(), vec![0x55; whole - 10]],
+                "{v:?}"
+            );
+            // hdr_len = the frame's length; flags, GSO and checksum fields zero.
+            let mut first = [0u8; VNET_HDR_LEN];
+            first[2] = 5;
+            assert_eq!(kernel.vnet[0], first);
+            assert_eq!(
+                u16::from_le_bytes([kernel.vnet[1][2], kernel.vnet[1][3]]) as usize,
+                whole - VNET_HDR_LEN
+            );
+            assert!(
+                kernel.vnet[1]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == 0 || i == 2 || i == 3)
             );
         }
     }
