@@ -487,8 +487,10 @@ enum Plan {
 impl Segmenter {
     /// Plans the segmentation of `packet` (the bytes after `hdr`), so that each segment is at
     /// most `max_len` bytes (link header included): the payload per segment is the smaller of
-    /// `gso_size` and what `max_len` leaves after the headers. A packet without GSO has its
-    /// checksum completed in place (`NEEDS_CSUM`) and comes out whole, whatever its size.
+    /// `gso_size` and what `max_len` leaves after the headers. A packet without GSO is cut the
+    /// same way when it is a TCP segment longer than `max_len` (the kernel sends a lone
+    /// full-MSS segment without GSO); any other has its checksum completed in place
+    /// (`NEEDS_CSUM`) and comes out whole, whatever its size.
     ///
     /// # Errors
     ///
@@ -502,6 +504,14 @@ impl Segmenter {
     ) -> Result<Self, OffloadError> {
         let kind = hdr.gso_type & !gso::ECN;
         if kind == gso::NONE {
+            // A full-MSS segment that TSO had nothing to merge with comes without GSO; cut it
+            // too when it does not fit.
+            if packet.len() > max_len
+                && let Ok(layout) = Layout::parse(packet, link)
+                && layout.end > max_len
+            {
+                return Self::tcp(layout, packet, max_len, usize::MAX);
+            }
             if hdr.needs_csum() {
                 complete_checksum(hdr, packet)?;
             }
@@ -531,6 +541,15 @@ impl Segmenter {
                 len: packet.len(),
             });
         }
+        Self::tcp(layout, packet, max_len, usize::from(hdr.gso_size))
+    }
+
+    fn tcp(
+        layout: Layout,
+        packet: &[u8],
+        max_len: usize,
+        gso_size: usize,
+    ) -> Result<Self, OffloadError> {
         let room = max_len.saturating_sub(layout.payload);
         if room == 0 {
             return Err(OffloadError::NoRoomForPayload {
@@ -543,7 +562,7 @@ impl Segmenter {
         Ok(Self {
             plan: Plan::Tcp {
                 layout,
-                mss: room.min(usize::from(hdr.gso_size)),
+                mss: room.min(gso_size),
                 next: layout.payload,
                 index: 0,
                 seq: seq(packet, l4),

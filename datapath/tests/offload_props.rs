@@ -456,6 +456,35 @@ fn a_tcp_super_packet_that_does_not_fit_is_cut_to_the_room_budget() {
 }
 
 #[test]
+fn a_full_size_tcp_packet_without_gso_is_cut_too() {
+    // One 1448-byte segment (a 1514-byte frame), checksum partial, no GSO.
+    let spec = spec_v4(1448, ACK | PSH);
+    let (mut packet, l4) = build(&spec);
+    let hdr = VnetHdr {
+        gso_type: gso::NONE,
+        gso_size: 0,
+        ..header(&spec, l4, 0)
+    };
+    let segments = segment_all(&hdr, &mut packet, Link::Ethernet, 1161).unwrap();
+    assert_eq!(segments.len(), 2);
+    let mut joined = Vec::new();
+    for (i, seg) in segments.iter().enumerate() {
+        assert!(seg.len() <= 1161);
+        let (payload, seq, f, _) = check_segment(seg, Framing::Ethernet);
+        assert_eq!(seq, 1000 + joined.len() as u32);
+        assert_eq!(f, if i == 0 { ACK } else { ACK | PSH });
+        joined.extend_from_slice(&payload);
+    }
+    assert_eq!(joined, spec.payload);
+    // Within the limit it comes out whole, its checksum completed.
+    let (mut packet, _) = build(&spec);
+    let whole = segment_all(&hdr, &mut packet, Link::Ethernet, 1514).unwrap();
+    assert_eq!(whole.len(), 1);
+    assert_eq!(whole[0].len(), 1514);
+    check_segment(&whole[0], Framing::Ethernet);
+}
+
+#[test]
 fn unsupported_and_inconsistent_headers_are_errors() {
     let spec = spec_v4(3000, ACK);
     let (mut packet, l4) = build(&spec);
