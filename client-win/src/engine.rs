@@ -99,9 +99,9 @@ pub trait Device {
         Ok(true)
     }
 
-    /// Called at every welcome with the largest frame that travels whole in the room
-    /// (`Budget::max_whole_frame`): an adapter that reads super-frames (TCP segmentation
-    /// offload) cuts them into frames of at most this size.
+    /// Called before the adapter is read, once joined, with the largest frame that travels
+    /// whole in the room now (`Budget::max_whole_frame`): an adapter that reads super-frames
+    /// (TCP segmentation offload) cuts them into frames of at most this size.
     fn set_max_frame(&mut self, _max_frame: usize) {}
 
     /// Called at every welcome.
@@ -320,11 +320,10 @@ impl<D: Device> Engine<D> {
             emu.handle_timeout(now);
         }
         self.drain_emulator();
-        self.flush_device();
         self.drain_adapter(now);
         self.drain_emulator();
-        self.flush_device();
         self.report_status();
+        self.flush_device();
         self.uplink.transmit(now)?;
         let wake = if self.more_to_read {
             Some(now)
@@ -369,9 +368,6 @@ impl<D: Device> Engine<D> {
             );
             self.emu = Some(Emulator::new(now, config));
         }
-        if let Some(budget) = self.uplink.budget() {
-            self.dev.set_max_frame(budget.max_whole_frame());
-        }
         self.dev.joined();
     }
 
@@ -403,6 +399,12 @@ impl<D: Device> Engine<D> {
     }
 
     fn drain_adapter(&mut self, now: Instant) {
+        // What the room sent this turn goes to the adapter before we read from it.
+        self.flush_device();
+        // The room's budget may grow after the welcome (PMTUD); read frames follow it.
+        if let Some(budget) = self.uplink.budget() {
+            self.dev.set_max_frame(budget.max_whole_frame());
+        }
         self.more_to_read = false;
         for _ in 0..READS_PER_TURN {
             let n = match self.dev.read(&mut self.buf) {
