@@ -121,10 +121,11 @@ pub struct OffloadCounters {
     /// Writes of coalesced packets that failed or found the device busy (their packets are
     /// lost).
     pub deferred_failures: u64,
+    /// TCP segments from the room written alone because their checksum did not verify.
+    pub bad_checksum: u64,
 }
 
 /// The state of the offload path: the super-packet being cut, the coalescer.
-#[derive(Debug)]
 struct Offload {
     link: Link,
     /// `[VnetHdr][packet]` as read.
@@ -136,6 +137,18 @@ struct Offload {
     max_len: usize,
     co: Coalescer,
     warned: bool,
+}
+
+impl std::fmt::Debug for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the 80 KB receive buffer.
+        f.debug_struct("Offload")
+            .field("link", &self.link)
+            .field("seg", &self.seg)
+            .field("max_len", &self.max_len)
+            .field("co", &self.co)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Room for the largest GSO packet the kernel hands a TUN/TAP (64 KB of IP by default) with
@@ -188,7 +201,11 @@ impl LinuxDevice {
 
     /// The counters.
     pub fn offload_counters(&self) -> OffloadCounters {
-        self.counters
+        let mut counters = self.counters;
+        if let Some(off) = &self.offload {
+            counters.bad_checksum = off.co.counters().bad_checksum;
+        }
+        counters
     }
 
     fn read_offloaded(

@@ -123,6 +123,7 @@ fn offloads_carry_tcp_both_ways(kind: AdapterKind, test: &str, port: u16) {
         "reads were not cut into many segments: {c:?}"
     );
     assert_eq!(c.dropped, 0, "{c:?}");
+    assert_eq!(c.bad_checksum, 0, "{c:?}");
     assert!(
         largest <= MAX_WHOLE_FRAME,
         "a {largest}-byte frame went into the room: segments must fit its budget"
