@@ -11,11 +11,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{LAN_HOST, Party};
 use lanparty_client::adapter::AdapterKind;
+use lanparty_datapath::sys::netns;
 
 /// Bytes each way.
 const TRANSFER: usize = 4 * 1024 * 1024;
@@ -52,19 +53,22 @@ fn receive_all(mut stream: TcpStream) -> Vec<u8> {
     }
 }
 
-fn offloads_carry_tcp_both_ways(kind: AdapterKind, test: &str, port: u16) {
-    let Some(party) = Party::start(test) else {
-        return;
-    };
-    let mut client = party.client(kind, "02:00:5e:10:00:21");
-    let addr = client.wait_for_lease(Duration::from_secs(20));
+/// Uploads then downloads `len` bytes between the client's namespace and the LAN host at
+/// `host:port`, checking every byte; returns the two durations.
+fn transfer_both_ways(
+    party: &Party,
+    client: &common::Client,
+    host: IpAddr,
+    port: u16,
+    len: usize,
+) -> (Duration, Duration) {
     let listener = party
         .lan()
-        .run_in(move || TcpListener::bind((LAN_HOST, port)).unwrap())
+        .run_in(move || TcpListener::bind((host, port)).unwrap())
         .unwrap();
 
     // Upload: the client's kernel hands the adapter super-frames.
-    let up = pattern(TRANSFER, 1);
+    let up = pattern(len, 1);
     let started = Instant::now();
     let receiver = std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
@@ -72,20 +76,20 @@ fn offloads_carry_tcp_both_ways(kind: AdapterKind, test: &str, port: u16) {
     });
     let stream = client
         .ns
-        .run_in(move || TcpStream::connect((LAN_HOST, port)).unwrap())
+        .run_in(move || TcpStream::connect((host, port)).unwrap())
         .unwrap();
     send_all(stream, &up);
     let (got, listener) = receiver.join().unwrap();
     assert!(
         got == up,
-        "upload corrupted: {} of {} bytes",
+        "upload to {host} corrupted: {} of {} bytes",
         got.len(),
         up.len()
     );
     let upload_time = started.elapsed();
 
     // Download: the room's segments are written to the adapter coalesced.
-    let down = pattern(TRANSFER, 7);
+    let down = pattern(len, 7);
     let to_send = down.clone();
     let started = Instant::now();
     let sender = std::thread::spawn(move || {
@@ -94,17 +98,48 @@ fn offloads_carry_tcp_both_ways(kind: AdapterKind, test: &str, port: u16) {
     });
     let stream = client
         .ns
-        .run_in(move || TcpStream::connect((LAN_HOST, port)).unwrap())
+        .run_in(move || TcpStream::connect((host, port)).unwrap())
         .unwrap();
     let got = receive_all(stream);
     sender.join().unwrap();
     assert!(
         got == down,
-        "download corrupted: {} of {} bytes",
+        "download from {host} corrupted: {} of {} bytes",
         got.len(),
         down.len()
     );
-    let download_time = started.elapsed();
+    (upload_time, started.elapsed())
+}
+
+fn offloads_carry_tcp_both_ways(kind: AdapterKind, test: &str, port: u16) {
+    let Some(party) = Party::start(test) else {
+        return;
+    };
+    let mut client = party.client(kind, "02:00:5e:10:00:21");
+    let addr = client.wait_for_lease(Duration::from_secs(20));
+    let (upload_time, download_time) =
+        transfer_both_ways(&party, &client, IpAddr::V4(LAN_HOST), port, TRANSFER);
+
+    // IPv6 too (TSO6 reads, TCPV6 coalesced writes), on unique local addresses.
+    let lan_v6 = netns::test_v6(5, 1);
+    party
+        .lan()
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{lan_v6}/64"),
+            "dev",
+            "lplan0",
+            "nodad",
+        ])
+        .unwrap();
+    let client_v6 = format!("{}/64", netns::test_v6(5, 2));
+    client
+        .ns
+        .ip(&["addr", "add", &client_v6, "dev", "lpcl0", "nodad"])
+        .unwrap();
+    let (up6, down6) = transfer_both_ways(&party, &client, IpAddr::V6(lan_v6), port, TRANSFER / 4);
+    eprintln!("{test}: IPv6 up {up6:?}, down {down6:?}");
 
     let frames = party.relay_log().frames_from_client();
     let largest = frames.iter().map(Vec::len).max().unwrap_or(0);
