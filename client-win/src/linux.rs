@@ -50,7 +50,7 @@ pub const NO_OFFLOAD_ENV: &str = "LANPARTY_NO_OFFLOAD";
 
 /// Creates the device for `kind` in the calling thread's network namespace and brings it up:
 /// MTU 1500; on a TAP our MAC; on a TUN the EUI-64 link-local address of our MAC. Offloads are
-/// on unless [`NO_OFFLOAD_ENV`] is set (see [`open_adapter_with`]).
+/// on unless [`NO_OFFLOAD_ENV`] is set to something other than `0` (see [`open_adapter_with`]).
 ///
 /// # Errors
 ///
