@@ -15,8 +15,13 @@
 //!                -> emulator          L3: packets get Ethernet headers, ARP resolution
 //! emulator output                     frames to the uplink, packets to the adapter,
 //!                                     address changes to the Device
+//! adapter flush (after each batch)    writes the adapter held back to coalesce them
 //! uplink.transmit(now); uplink.wait(emulator deadline)
 //! ```
+//!
+//! An adapter with offloads (Linux TUN/TAP, see `crate::linux`) reads super-frames and hands
+//! them out one budget-sized segment per [`Device::read`], and merges the segments written to
+//! it until [`Device::flush`]; the engine sees frames either way.
 //!
 //! The emulator is made at the first welcome (a DISCOVER sent before would be lost) and lives
 //! as long as the loop, so the lease, and the adapter's address, survive reconnects: games keep
@@ -83,6 +88,21 @@ pub trait Device {
 
     /// Called after a read found nothing: the adapter may arm its wake-up now.
     fn drained(&mut self) {}
+
+    /// Called after each batch of writes: an adapter that holds written frames to coalesce
+    /// them (Linux with offloads) writes them now. `false` when the adapter was busy (a drop).
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
+    fn flush(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
+
+    /// Called before the adapter is read, once joined, with the largest frame that travels
+    /// whole in the room now (`Budget::max_whole_frame`): an adapter that reads super-frames
+    /// (TCP segmentation offload) cuts them into frames of at most this size.
+    fn set_max_frame(&mut self, _max_frame: usize) {}
 
     /// Called at every welcome.
     fn joined(&mut self) {}
@@ -303,6 +323,7 @@ impl<D: Device> Engine<D> {
         self.drain_adapter(now);
         self.drain_emulator(now);
         self.report_status();
+        self.flush_device();
         self.uplink.transmit(now)?;
         let wake = if self.more_to_read {
             Some(now)
@@ -350,6 +371,14 @@ impl<D: Device> Engine<D> {
         self.dev.joined();
     }
 
+    fn flush_device(&mut self) {
+        match self.dev.flush() {
+            Ok(true) => {}
+            Ok(false) => self.counters.adapter_busy += 1,
+            Err(_) => self.counters.adapter_errors += 1,
+        }
+    }
+
     fn on_room_frame(&mut self, now: Instant, frame: &[u8]) {
         if !self.dev.carries_ethernet() {
             if let Some(emu) = &mut self.emu {
@@ -370,6 +399,12 @@ impl<D: Device> Engine<D> {
     }
 
     fn drain_adapter(&mut self, now: Instant) {
+        // What the room sent this turn goes to the adapter before we read from it.
+        self.flush_device();
+        // The room's budget may grow after the welcome (PMTUD); read frames follow it.
+        if let Some(budget) = self.uplink.budget() {
+            self.dev.set_max_frame(budget.max_whole_frame());
+        }
         self.more_to_read = false;
         for _ in 0..READS_PER_TURN {
             let n = match self.dev.read(&mut self.buf) {

@@ -30,6 +30,10 @@ struct Seen {
     joined: usize,
     drained: usize,
     finished: bool,
+    /// How many frames had been written at the last flush.
+    flushed_at: usize,
+    /// The last largest-frame size the engine gave.
+    max_frame: Option<usize>,
 }
 
 struct FakeDevice {
@@ -77,6 +81,16 @@ impl Device for FakeDevice {
 
     fn joined(&mut self) {
         self.seen.lock().unwrap().joined += 1;
+    }
+
+    fn flush(&mut self) -> std::io::Result<bool> {
+        let mut seen = self.seen.lock().unwrap();
+        seen.flushed_at = seen.written.len();
+        Ok(true)
+    }
+
+    fn set_max_frame(&mut self, max_frame: usize) {
+        self.seen.lock().unwrap().max_frame = Some(max_frame);
     }
 
     fn finish(&mut self) {
@@ -248,6 +262,19 @@ fn an_l2_device_whose_os_runs_dhcp_gets_every_frame_and_the_hooks() {
     pump(&mut relay, &mut engine, |_, _| {
         seen.lock().unwrap().written.contains(&reply)
     });
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.flushed_at,
+            seen.written.len(),
+            "the turn that wrote a frame flushed the adapter after it"
+        );
+        assert_eq!(
+            seen.max_frame,
+            Some(1161),
+            "an adapter that cuts super-frames learns the room's largest whole frame"
+        );
+    }
 
     // A frame the adapter gives goes to the room as it is.
     let mut ipx = vec![0xffu8; 6];

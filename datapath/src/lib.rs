@@ -8,6 +8,8 @@
 //! - [`wire`]: zero-copy views and representations of Ethernet frames and overlay datagrams.
 //! - [`frag`]: splitting frames into overlay fragments and reassembling them.
 //! - [`budget`]: datagram budgets and the TCP MSS clamp.
+//! - [`offload`]: the virtio-net header of TUN/TAP offloads, TCP segmentation of the
+//!   super-packets a device reads and coalescing of the segments written to it.
 //! - [`switch`]: the relay's per-room MAC switch and L2 safety filters.
 //! - [`quic`]: the sans-IO QUIC driver around `quinn_proto` and its TLS configuration.
 //! - [`io`]: the UDP backend trait and the portable (quinn-udp) backend.
@@ -22,6 +24,7 @@ pub mod budget;
 pub mod frag;
 pub mod io;
 pub mod mac;
+pub mod offload;
 pub mod quic;
 pub mod runner;
 pub mod switch;

@@ -6,9 +6,12 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use lanparty_datapath::Mac;
+use lanparty_datapath::offload::VnetHdr;
 use lanparty_datapath::sys::afpacket::{PacketSocket, SocketConfig};
 use lanparty_datapath::sys::netns::{self, Netns, test_v4, test_v6};
-use lanparty_datapath::sys::tuntap::{TunKind, TunTap, TunTapConfig, TunTapError, VNET_HDR_LEN};
+use lanparty_datapath::sys::tuntap::{
+    TunKind, TunTap, TunTapConfig, TunTapError, VNET_HDR_LEN, offload,
+};
 
 const TAP_MAC: Mac = Mac([0x02, 0x4c, 0x50, 0x00, 0x06, 0x01]);
 const HOST_MAC: [u8; 6] = [0x02, 0x4c, 0x50, 0x00, 0x06, 0x02];
@@ -265,6 +268,7 @@ fn tap_with_vnet_header_prefixes_every_frame() {
     };
     let tap = up_tap(&ns, &config);
     assert!(tap.has_vnet_hdr());
+    assert_eq!(tap.offload(), 0);
     let (me, kernel) = (test_v4(6, 2), test_v4(6, 1));
     let mut frame = vec![0u8; VNET_HDR_LEN];
     frame.extend_from_slice(&arp_request(me, kernel));
@@ -273,6 +277,53 @@ fn tap_with_vnet_header_prefixes_every_frame() {
         f.len() > VNET_HDR_LEN && is_arp_reply(&f[VNET_HDR_LEN..], TAP_MAC, kernel)
     });
     assert!(reply.is_some(), "no ARP reply behind a vnet header");
+}
+
+#[test]
+fn tap_takes_the_tcp_offloads_and_frames_written_in_two_parts() {
+    if !netns::require_root("tap_takes_the_tcp_offloads_and_frames_written_in_two_parts") {
+        return;
+    }
+    let ns = Netns::create("tso").unwrap();
+    let config = TunTapConfig {
+        vnet_hdr: Some(offload::TCP),
+        ..TunTapConfig::tap("lptap4")
+    };
+    let tap = up_tap(&ns, &config);
+    assert!(tap.has_vnet_hdr());
+    assert_eq!(
+        tap.offload(),
+        offload::TCP,
+        "this kernel takes CSUM | TSO4 | TSO6"
+    );
+    let features = ns
+        .command("ethtool")
+        .args(["-k", "lptap4"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if let Some(features) = features {
+        assert!(
+            features.contains("tcp-segmentation-offload: on"),
+            "{features}"
+        );
+    } else {
+        eprintln!("ethtool is missing: the device's TSO feature is not checked");
+    }
+    // The header and the frame as two iovecs of one writev.
+    let (me, kernel) = (test_v4(6, 2), test_v4(6, 1));
+    assert!(
+        tap.write_parts(&VnetHdr::EMPTY.to_bytes(), &arp_request(me, kernel))
+            .unwrap()
+    );
+    let reply = read_until(&tap, Duration::from_secs(5), |f| {
+        f.len() > VNET_HDR_LEN && is_arp_reply(&f[VNET_HDR_LEN..], TAP_MAC, kernel)
+    });
+    assert!(
+        reply.is_some(),
+        "no ARP reply to a frame written in two parts"
+    );
 }
 
 #[test]

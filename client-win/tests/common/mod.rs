@@ -438,6 +438,8 @@ pub struct ClientSpec<'a> {
     pub socket_ns: Option<&'a Netns>,
     /// The adapter's interface name.
     pub ifname: &'static str,
+    /// Open the adapter with TCP offloads (vnet header, TSO).
+    pub offloads: bool,
 }
 
 impl<'a> ClientSpec<'a> {
@@ -451,15 +453,16 @@ impl<'a> ClientSpec<'a> {
             addressing: Addressing::Dhcp,
             socket_ns: None,
             ifname: "lpcl0",
+            offloads: true,
         }
     }
 
     /// Creates the client's namespace and adapter and runs the loop on a thread.
     pub fn spawn(self) -> Client {
         let ns = Netns::create("cl").unwrap();
-        let (kind, mac, ifname) = (self.kind, self.mac, self.ifname);
+        let (kind, mac, ifname, offloads) = (self.kind, self.mac, self.ifname, self.offloads);
         let dev = ns
-            .run_in(|| linux::open_adapter(kind, ifname, mac))
+            .run_in(|| linux::open_adapter_with(kind, ifname, mac, offloads))
             .unwrap()
             .expect("the adapter opens");
         let args = Args {

@@ -5,7 +5,10 @@
 //! works); TUN devices carry IP packets and leave Ethernet to the client's L2 emulation. Both are
 //! opened with `IFF_NO_PI` (no packet-information prefix) and non-blocking, ready for a poll
 //! loop. `IFF_VNET_HDR` with `TUNSETOFFLOAD` is available behind [`TunTapConfig::vnet_hdr`]; with
-//! it every read and write carries a 10-byte `virtio_net_hdr` before the frame.
+//! it every read and write carries a 10-byte `virtio_net_hdr` before the frame (see
+//! [`crate::offload`] for what it means and for the segmentation and coalescing it asks of us).
+//! A kernel that refuses some of the offload flags gets fewer (one log line says which);
+//! [`TunTap::offload`] tells what it took.
 //!
 //! Configuration (MTU, link up, addresses, MAC) goes through ioctls on control sockets made when
 //! the device is created. A device belongs to the network namespace of the thread that creates it
@@ -30,10 +33,14 @@ pub mod offload {
     pub const TSO4: u32 = libc::TUN_F_TSO4;
     /// TCPv6 segmentation offload (needs [`CSUM`]).
     pub const TSO6: u32 = libc::TUN_F_TSO6;
+    /// Checksums and TCP segmentation: what the client asks for. UDP segmentation
+    /// (`TUN_F_USO4/6`) is left off: games send small datagrams, and the kernel segments the
+    /// rare UDP GSO burst itself.
+    pub const TCP: u32 = CSUM | TSO4 | TSO6;
 }
 
 /// Size of `struct virtio_net_hdr`, prefixed to frames when `IFF_VNET_HDR` is on.
-pub const VNET_HDR_LEN: usize = 10;
+pub const VNET_HDR_LEN: usize = crate::offload::VNET_HDR_LEN;
 
 /// Which kind of device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +130,7 @@ pub struct TunTap {
     name: String,
     kind: TunKind,
     vnet_hdr: bool,
+    offload: u32,
 }
 
 fn exe_name() -> String {
@@ -237,17 +245,18 @@ impl TunTap {
             let ifname = name.clone();
             move |source| TunTapError::Io { op, ifname, source }
         };
-        if let Some(offload) = config.vnet_hdr {
-            // SAFETY: TUNSETOFFLOAD takes the flags by value.
-            let rc = unsafe {
-                libc::ioctl(
-                    fd.as_raw_fd(),
-                    libc::TUNSETOFFLOAD as _,
-                    libc::c_ulong::from(offload),
-                )
-            };
-            if rc < 0 {
-                return Err(io_err("TUNSETOFFLOAD")(io::Error::last_os_error()));
+        let mut offload = 0;
+        if let Some(wanted) = config.vnet_hdr {
+            #[cfg(target_endian = "big")]
+            set_vnet_le(&fd).map_err(io_err("TUNSETVNETLE"))?;
+            offload = set_offload(&fd, wanted).map_err(io_err("TUNSETOFFLOAD"))?;
+            if offload != wanted {
+                tracing::info!(
+                    ifname = %name,
+                    wanted = format_args!("{wanted:#x}"),
+                    got = format_args!("{offload:#x}"),
+                    "the kernel refused some TUN/TAP offloads; using fewer"
+                );
             }
         }
         let ctl4 = dgram_socket(libc::AF_INET).map_err(io_err("socket(AF_INET)"))?;
@@ -260,6 +269,7 @@ impl TunTap {
             name,
             kind: config.kind,
             vnet_hdr: config.vnet_hdr.is_some(),
+            offload,
         })
     }
 
@@ -276,6 +286,11 @@ impl TunTap {
     /// Whether reads and writes carry a [`VNET_HDR_LEN`]-byte virtio-net header.
     pub fn has_vnet_hdr(&self) -> bool {
         self.vnet_hdr
+    }
+
+    /// The `TUN_F_*` flags the kernel accepted (0 without vnet header).
+    pub fn offload(&self) -> u32 {
+        self.offload
     }
 
     fn req(&self) -> libc::ifreq {
@@ -507,6 +522,36 @@ impl TunTap {
         Ok(true)
     }
 
+    /// Writes one frame made of `head` followed by `body` (a virtio-net header and a frame)
+    /// with one `writev(2)`, without blocking. Returns `false` when the device cannot take it
+    /// now.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::write`].
+    pub fn write_parts(&self, head: &[u8], body: &[u8]) -> io::Result<bool> {
+        let iov = [
+            libc::iovec {
+                iov_base: head.as_ptr().cast_mut().cast(),
+                iov_len: head.len(),
+            },
+            libc::iovec {
+                iov_base: body.as_ptr().cast_mut().cast(),
+                iov_len: body.len(),
+            },
+        ];
+        // SAFETY: both iovecs point at live slices of their lengths; writev only reads them.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
+                _ => Err(err),
+            };
+        }
+        Ok(true)
+    }
+
     /// Waits up to `timeout` for a frame to become readable. Returns whether one did.
     ///
     /// # Errors
@@ -530,6 +575,47 @@ impl TunTap {
         }
         Ok(rc > 0)
     }
+}
+
+/// Calls `TUNSETOFFLOAD` with `wanted`, then, while the kernel says `EINVAL`, with fewer flags:
+/// the TCP set, checksums alone, none. Returns the flags it took.
+fn set_offload(fd: &OwnedFd, wanted: u32) -> io::Result<u32> {
+    let mut last = None;
+    for flags in [wanted, wanted & offload::TCP, wanted & offload::CSUM, 0] {
+        if last == Some(flags) {
+            continue;
+        }
+        last = Some(flags);
+        // SAFETY: TUNSETOFFLOAD takes the flags by value.
+        let rc = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD as _,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if rc == 0 {
+            return Ok(flags);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINVAL) {
+            return Err(err);
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Makes the kernel read and write the virtio-net header little-endian, as
+/// [`crate::offload`] does (the default on little-endian hosts).
+#[cfg(target_endian = "big")]
+fn set_vnet_le(fd: &OwnedFd) -> io::Result<()> {
+    let le: libc::c_int = 1;
+    // SAFETY: TUNSETVNETLE reads one int through the pointer, which is live for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETLE as _, &le) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl AsFd for TunTap {
