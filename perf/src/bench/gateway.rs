@@ -354,6 +354,9 @@ pub(crate) struct GatewayReport {
     cpus: usize,
     rows: Vec<Row>,
     targets: Vec<Target>,
+    /// Ring vs socket ratios of the half paths (no QUIC): they show where the cost sits; the
+    /// issue's targets are on the whole path, ring into QUIC and back.
+    half_paths: Vec<Target>,
     /// Where the Markdown and JSON were written.
     #[serde(skip)]
     pub(crate) files: Vec<PathBuf>,
@@ -451,7 +454,7 @@ pub(crate) fn run_gateway(opts: &GatewayOpts) -> anyhow::Result<Option<GatewayRe
             r.size
         );
     }
-    let targets = targets(&rows)?;
+    let (targets, half_paths) = targets(&rows)?;
     let mut report = GatewayReport {
         quick: opts.quick,
         repeats: opts.repeats,
@@ -459,6 +462,7 @@ pub(crate) fn run_gateway(opts: &GatewayOpts) -> anyhow::Result<Option<GatewayRe
         cpus: thread::available_parallelism().map_or(1, usize::from),
         rows,
         targets,
+        half_paths,
         files: Vec::new(),
     };
     let markdown = markdown(&report);
@@ -481,7 +485,8 @@ pub(crate) fn run_gateway(opts: &GatewayOpts) -> anyhow::Result<Option<GatewayRe
     Ok(Some(report))
 }
 
-fn targets(rows: &[Row]) -> anyhow::Result<Vec<Target>> {
+/// The targets (whole paths with QUIC, and loss) and the half-path ratios shown beside them.
+fn targets(rows: &[Row]) -> anyhow::Result<(Vec<Target>, Vec<Target>)> {
     let find = |path: Path, dir: Dir, size: usize, paced: bool| {
         rows.iter()
             .find(|r| {
@@ -490,6 +495,7 @@ fn targets(rows: &[Row]) -> anyhow::Result<Vec<Target>> {
             .with_context(|| format!("missing row {} {} {size} B", path.name(), dir.name()))
     };
     let mut targets = Vec::new();
+    let mut half_paths = Vec::new();
     for mode in [DEFAULT_RING, OTHER_RING] {
         let version = match mode {
             RxRingMode::V2 => "V2 (default)",
@@ -516,7 +522,12 @@ fn targets(rows: &[Row]) -> anyhow::Result<Vec<Target>> {
                 let base = find(base, dir, size, false)?;
                 let ratio =
                     ring.frames_per_cpu_sec.median / base.frames_per_cpu_sec.median.max(1e-9);
-                targets.push(Target {
+                let list = if what == "with QUIC" {
+                    &mut targets
+                } else {
+                    &mut half_paths
+                };
+                list.push(Target {
                     name: format!(
                         "ring {version} frames per CPU-second vs socket, {} {size} B, {what} \
                          (ratio)",
@@ -543,7 +554,7 @@ fn targets(rows: &[Row]) -> anyhow::Result<Vec<Target>> {
             });
         }
     }
-    Ok(targets)
+    Ok((targets, half_paths))
 }
 
 fn markdown(r: &GatewayReport) -> String {
@@ -604,6 +615,14 @@ fn markdown(r: &GatewayReport) -> String {
             t.required,
             if t.met { "yes" } else { "**no**" }
         );
+    }
+    let _ = writeln!(
+        s,
+        "\nHalf paths, no QUIC (no target; they show where the cost sits):\n\n\
+         | half path | ring / socket |\n|---|---:|"
+    );
+    for t in &r.half_paths {
+        let _ = writeln!(s, "| {} | {:.2} |", t.name, t.measured);
     }
     s
 }
