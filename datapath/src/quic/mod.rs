@@ -37,7 +37,7 @@ pub mod config;
 mod driver;
 pub mod tls;
 
-pub use config::{DriverConfig, TransportSettings};
+pub use config::{AckFrequency, DriverConfig, TransportSettings};
 pub use driver::{
     CLOSE_HANDSHAKE_TIMEOUT, CloseCause, ConnId, ConnStats, ConnectError, ControlError,
     DatagramError, Driver, DriverCounters, Event, PeerIdentity, STREAM_REFUSED,
