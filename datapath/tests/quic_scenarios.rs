@@ -1125,10 +1125,46 @@ fn one_datagram_goes_to_many_connections() {
     }
 }
 
+#[test]
+fn idle_connections_cost_nothing_per_turn() {
+    let (mut net, _, fingerprint) = pair(15);
+    let idle: Vec<SocketAddr> = (0..40)
+        .map(|i| addr(10 + i, 50_100 + u16::from(i)))
+        .collect();
+    for (i, &at) in idle.iter().enumerate() {
+        connect_client(&mut net, at, ClientTrust::Pinned(fingerprint), 10 + i as u8);
+    }
+    let all_connected = net.run_until(Duration::from_secs(5), |net| {
+        let connected = |net: &mut Net, at| is_connected(net.events(at), None);
+        connected(net, CLIENT) && idle.iter().all(|&at| connected(net, at))
+    });
+    assert!(all_connected, "handshakes did not complete");
+    net.run_for(Duration::from_millis(500));
+    let active = server_conn(&mut net, CLIENT);
+    take_datagrams(net.events(CLIENT));
+
+    // 200 turns of one datagram to one peer while 40 others sit idle.
+    let before = net.driver(SERVER).counters().transmit_polls;
+    for seq in 0..200 {
+        net.driver(SERVER)
+            .send_datagram(active, payload(seq, 1000))
+            .unwrap();
+        net.now += Duration::from_millis(1);
+        net.settle();
+    }
+    net.run_for(Duration::from_millis(20));
+    let polls = net.driver(SERVER).counters().transmit_polls - before;
+    assert_eq!(take_datagrams(net.events(CLIENT)).len(), 200);
+    // Each turn asks the active connection a few times (its datagram, the ACKs it gets, a
+    // last "nothing more"); sweeping all 41 connections would be over 8000 asks.
+    assert!(polls <= 200 * 5, "{polls} connection polls for 200 turns");
+}
+
 /// Sends `count` datagrams of 1000 bytes from client to server over a 10 ms round trip, one
 /// packet every 200 µs (the link delivers each on its own, as a paced sender on a real path
-/// does, no GRO batches), with both drivers on `ack_frequency`. Returns the packets the server sent meanwhile (ACK-only:
-/// it sends no data), the datagrams that arrived, and the client's statistics.
+/// does, no GRO batches), with both drivers on `ack_frequency`. Returns the packets the server
+/// sent meanwhile (ACK-only: it sends no data), the datagrams that arrived, and the client's
+/// statistics.
 fn paced_flow(
     ack_frequency: Option<AckFrequency>,
     loss: f64,

@@ -153,6 +153,10 @@ pub struct DriverCounters {
     pub datagrams_dropped_rx: u64,
     /// `send_datagram_to_many` targets that could not take the datagram (closed, too large).
     pub datagrams_unsendable: u64,
+    /// Connections `poll_transmit` asked for a packet, including those that had none. Only
+    /// connections touched since they last had nothing to send are asked, so this follows the
+    /// traffic, not the number of connections times the number of turns.
+    pub transmit_polls: u64,
 }
 
 /// Per-connection statistics. Read with [`Driver::stats`].
@@ -705,6 +709,7 @@ impl Driver {
             }
             // Sending arms loss-detection timers; finding nothing to send may arm pacing.
             mark_timer(&mut self.timer_dirty, state, idx);
+            self.counters.transmit_polls += 1;
             let Some(transmit) = state.conn.poll_transmit(now, max_datagrams, buf) else {
                 state.queued_tx = false;
                 continue;
