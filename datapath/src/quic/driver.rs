@@ -395,6 +395,9 @@ pub struct Driver {
     timeouts: Vec<Option<Instant>>,
     /// Connections whose `timeouts` entry must be recomputed before it is read.
     timer_dirty: Vec<usize>,
+    /// The earliest of `timeouts` (`Some(None)`: no timer at all), or `None` when it must be
+    /// found again by a scan: a busy turn then reads one value instead of scanning.
+    earliest: Option<Option<Instant>>,
     /// Events with the generation of the connection they belong to.
     events: VecDeque<(u64, Event)>,
     queued_datagrams: usize,
@@ -463,6 +466,7 @@ impl Driver {
             transmit_queue: VecDeque::new(),
             timeouts: Vec::new(),
             timer_dirty: Vec::new(),
+            earliest: Some(None),
             events: VecDeque::new(),
             queued_datagrams: 0,
             drop_reports: VecDeque::new(),
@@ -728,7 +732,14 @@ impl Driver {
     /// Call after every `handle_*`, `poll_transmit` and command; the answer may change.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.refresh_timeouts();
-        self.timeouts.iter().flatten().min().copied()
+        match self.earliest {
+            Some(earliest) => earliest,
+            None => {
+                let earliest = self.timeouts.iter().flatten().min().copied();
+                self.earliest = Some(earliest);
+                earliest
+            }
+        }
     }
 
     /// Recomputes the `timeouts` entries of the connections touched since the last call.
@@ -739,16 +750,28 @@ impl Driver {
             };
             state.timer_dirty = false;
             let quinn = state.conn.poll_timeout();
-            self.timeouts[idx] = match (quinn, state.handshake_deadline) {
+            let new = match (quinn, state.handshake_deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let old = std::mem::replace(&mut self.timeouts[idx], new);
+            if let Some(earliest) = self.earliest {
+                if new.is_some_and(|n| earliest.is_none_or(|e| n < e)) {
+                    // Earlier than every other timer.
+                    self.earliest = Some(new);
+                } else if old.is_some() && old == earliest && new != old {
+                    // This connection held the earliest timer and moved it: scan again.
+                    self.earliest = None;
+                }
+            }
         }
     }
 
     /// Runs the timers due at `now`: loss detection, keep-alives, idle and handshake timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.refresh_timeouts();
+        if self.poll_timeout().is_none_or(|t| t > now) {
+            return;
+        }
         for idx in 0..self.timeouts.len() {
             if self.timeouts[idx].is_none_or(|t| t > now) {
                 continue;
@@ -1067,7 +1090,10 @@ impl Driver {
                     ));
                 }
                 conns[idx] = None;
-                timeouts[idx] = None;
+                if timeouts[idx].take().is_some() {
+                    // It may have held the earliest timer.
+                    self.earliest = None;
+                }
                 *live -= 1;
                 return;
             }
