@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use lanparty_datapath::quic::tls::{self, ClientTrust, Fingerprint, ServerIdentity};
 use lanparty_datapath::quic::{
-    CloseCause, ConnId, Driver, DriverConfig, Event, RecvMeta, TransmitMeta,
+    AckFrequency, CloseCause, ConnId, Driver, DriverConfig, Event, RecvMeta, TransmitMeta,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1123,4 +1123,159 @@ fn one_datagram_goes_to_many_connections() {
         let got = take_datagrams(net.events(at));
         assert_eq!(got, vec![frame.clone()], "{at}");
     }
+}
+
+#[test]
+fn idle_connections_cost_nothing_per_turn() {
+    let (mut net, _, fingerprint) = pair(15);
+    let idle: Vec<SocketAddr> = (0..40)
+        .map(|i| addr(10 + i, 50_100 + u16::from(i)))
+        .collect();
+    for (i, &at) in idle.iter().enumerate() {
+        connect_client(&mut net, at, ClientTrust::Pinned(fingerprint), 10 + i as u8);
+    }
+    let all_connected = net.run_until(Duration::from_secs(5), |net| {
+        let connected = |net: &mut Net, at| is_connected(net.events(at), None);
+        connected(net, CLIENT) && idle.iter().all(|&at| connected(net, at))
+    });
+    assert!(all_connected, "handshakes did not complete");
+    net.run_for(Duration::from_millis(500));
+    let active = server_conn(&mut net, CLIENT);
+    take_datagrams(net.events(CLIENT));
+
+    // 200 turns of one datagram to one peer while 40 others sit idle.
+    let before = net.driver(SERVER).counters().transmit_polls;
+    for seq in 0..200 {
+        net.driver(SERVER)
+            .send_datagram(active, payload(seq, 1000))
+            .unwrap();
+        net.now += Duration::from_millis(1);
+        net.settle();
+    }
+    net.run_for(Duration::from_millis(20));
+    let polls = net.driver(SERVER).counters().transmit_polls - before;
+    assert_eq!(take_datagrams(net.events(CLIENT)).len(), 200);
+    // Each turn asks the active connection a few times (its datagram, the ACKs it gets, a
+    // last "nothing more"); sweeping all 41 connections would be over 8000 asks.
+    assert!(polls <= 200 * 5, "{polls} connection polls for 200 turns");
+}
+
+/// Sends `count` datagrams of 1000 bytes from client to server over a 10 ms round trip, one
+/// packet every 200 µs (the link delivers each on its own, as a paced sender on a real path
+/// does, no GRO batches), with both drivers on `ack_frequency`. Returns the packets the server
+/// sent meanwhile (ACK-only: it sends no data), the datagrams that arrived, and the client's
+/// statistics.
+fn paced_flow(
+    ack_frequency: Option<AckFrequency>,
+    loss: f64,
+    count: u32,
+) -> (u64, BTreeSet<u32>, lanparty_datapath::quic::ConnStats) {
+    let mut net = Net::new(21);
+    net.latency = Duration::from_millis(5);
+    net.loss = loss;
+    let mut server_config = config(1);
+    server_config.transport.ack_frequency = ack_frequency;
+    let (server, fingerprint) = server(server_config);
+    net.add_driver(SERVER, server);
+    let mut client_config = config(2);
+    client_config.transport.ack_frequency = ack_frequency;
+    let mut driver = Driver::new(client_config, None);
+    let client = driver
+        .connect(
+            net.now,
+            SERVER,
+            "relay.test",
+            tls::client_config(&ClientTrust::Pinned(fingerprint)).unwrap(),
+        )
+        .unwrap();
+    net.add_driver(CLIENT, driver);
+    handshake(&mut net, CLIENT);
+    let server_side = server_conn(&mut net, CLIENT);
+    net.run_for(Duration::from_millis(100));
+    // The first `WARMUP` datagrams open the congestion window (slow start would otherwise drop
+    // some from the send buffer); only the following `count` are measured.
+    const WARMUP: u32 = 500;
+    let mut before = 0;
+    let mut received = BTreeSet::new();
+    for seq in 0..WARMUP + count {
+        if seq == WARMUP {
+            before = net.driver(SERVER).stats(server_side).unwrap().sent_packets;
+        }
+        net.driver(CLIENT)
+            .send_datagram(client, payload(seq, 1000))
+            .unwrap();
+        // Step the clock by exactly 200 µs (`run_for` jumps to the next event, which may be a
+        // timer further out), running what is due at each step.
+        net.now += Duration::from_micros(200);
+        net.settle();
+        received.extend(
+            take_datagrams(net.events(SERVER))
+                .iter()
+                .map(|b| check_payload(b)),
+        );
+    }
+    // The last datagram is in flight for one link latency.
+    net.run_for(Duration::from_millis(6));
+    received.extend(
+        take_datagrams(net.events(SERVER))
+            .iter()
+            .map(|b| check_payload(b)),
+    );
+    let acks = net.driver(SERVER).stats(server_side).unwrap().sent_packets - before;
+    let received = received.split_off(&WARMUP);
+    let stats = net.driver(CLIENT).stats(client).unwrap();
+    assert!(closed_reason(net.events(CLIENT)).is_none());
+    (acks, received, stats)
+}
+
+#[test]
+fn peers_ask_each_other_to_acknowledge_every_tenth_packet() {
+    let count = 2000;
+    // QUIC's default: an ACK for every second packet.
+    let (default_acks, received, _) = paced_flow(None, 0.0, count);
+    assert_eq!(received.len() as u32, count);
+    assert!(
+        default_acks >= u64::from(count) * 4 / 10,
+        "{default_acks} ACK packets for {count} packets"
+    );
+    // Ours: the threshold asks for one ACK per ten packets.
+    let (acks, received, stats) = paced_flow(Some(AckFrequency::default()), 0.0, count);
+    assert_eq!(
+        received.len() as u32,
+        count,
+        "every datagram arrives on time"
+    );
+    assert!(
+        acks <= u64::from(count) / 8,
+        "{acks} ACK packets for {count} packets"
+    );
+    // The RTT estimate stays true to the 10 ms round trip (quinn subtracts the ACK delay).
+    assert!(
+        stats.rtt >= Duration::from_micros(9_500) && stats.rtt <= Duration::from_micros(12_500),
+        "rtt {:?}",
+        stats.rtt
+    );
+}
+
+#[test]
+fn losses_are_still_detected_when_acks_are_sparse() {
+    let count = 2000;
+    let (_, default_received, default_stats) = paced_flow(None, 0.02, count);
+    let (_, received, stats) = paced_flow(Some(AckFrequency::default()), 0.02, count);
+    // Lost packets are declared lost (the congestion controller hears of them) about as often
+    // as with an ACK every second packet, and delivery does not suffer.
+    assert!(stats.lost_packets > 0, "no loss detected");
+    assert!(
+        stats.lost_packets * 2 >= default_stats.lost_packets
+            && stats.lost_packets <= default_stats.lost_packets * 2,
+        "{} lost with sparse ACKs, {} with QUIC's default",
+        stats.lost_packets,
+        default_stats.lost_packets
+    );
+    assert!(
+        received.len() * 100 >= default_received.len() * 98,
+        "{} of {count} arrived with sparse ACKs, {} with QUIC's default",
+        received.len(),
+        default_received.len()
+    );
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use quinn_proto::{AckFrequencyConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 
 /// Largest UDP payload on a 1500-byte IPv4 path: 1500 - 20 (IPv4) - 8 (UDP).
 pub const MAX_UDP_PAYLOAD_V4: u16 = 1472;
@@ -106,6 +106,52 @@ pub struct TransportSettings {
     /// Initial RTT estimate before any sample (quinn's default is 333 ms, meant for the open
     /// Internet; relays are usually closer, so handshake retransmits come sooner).
     pub initial_rtt: Duration,
+    /// ACK frequency asked of the peer (draft-ietf-quic-ack-frequency, which quinn implements
+    /// and advertises with `min_ack_delay`): `None` leaves QUIC's default of an ACK every
+    /// second ack-eliciting packet. See [`AckFrequency`].
+    ///
+    /// Off by default: in `lanparty-perf bench relay` (loopback, GSO/GRO batches) a driver
+    /// already sends one ACK per received batch, about one per 20 packets, so the request cut
+    /// the relay's ACK packets only from 0.055 to 0.035 per forwarded frame, while the relay's
+    /// CPU per 1400-byte frame rose by about 10 % (2158–2255 ns off, 2458–2523 ns with an ACK
+    /// per 10 packets and 2 ms delay): the sparser feedback held the senders' congestion
+    /// windows back, so batches were smaller and the relay woke more often per frame.
+    pub ack_frequency: Option<AckFrequency>,
+}
+
+/// How often the peer should acknowledge our packets, sent to it in an ACK_FREQUENCY frame when
+/// it supports the extension (quinn does; others ignore it and keep their default).
+///
+/// Every ACK costs a packet: sealed, sent, received and opened at both ends. A relay forwarding
+/// a stream of DATAGRAMs receives ACKs from each egress peer and sends ACKs to each ingress
+/// peer. DATAGRAMs are never retransmitted, so ACKs only feed congestion control and RTT
+/// estimates, which need a few per round trip, not one per two packets. Where packets arrive
+/// one by one (a paced sender on a real path, no GRO batches) the default below cuts the
+/// receiver's ACK packets from one per two packets to one per ten
+/// (`peers_ask_each_other_to_acknowledge_every_tenth_packet` in `tests/quic_scenarios.rs`).
+///
+/// The cost: a sender whose congestion window holds fewer packets than the threshold waits up
+/// to `max_ack_delay` for each ACK, which on a sub-millisecond path is a stall; hence the short
+/// 2 ms default rather than quinn's 25 ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AckFrequency {
+    /// Ack-eliciting packets the peer may receive without acknowledging them at once (the
+    /// draft's "Ack-Eliciting Threshold"; QUIC's default behaviour is 1). Default 9: an ACK
+    /// per ten packets.
+    pub ack_eliciting_threshold: u32,
+    /// The longest the peer may delay an ACK. quinn clamps the request to at least the peer's
+    /// `min_ack_delay` (1 ms for quinn) and at most the greater of the RTT and 25 ms.
+    pub max_ack_delay: Duration,
+}
+
+impl Default for AckFrequency {
+    fn default() -> Self {
+        Self {
+            ack_eliciting_threshold: 9,
+            max_ack_delay: Duration::from_millis(2),
+        }
+    }
 }
 
 impl Default for TransportSettings {
@@ -120,6 +166,7 @@ impl Default for TransportSettings {
             send_window: 256 * 1024,
             mtu_discovery: true,
             initial_rtt: Duration::from_millis(100),
+            ack_frequency: None,
         }
     }
 }
@@ -157,6 +204,12 @@ impl TransportSettings {
         // An idle timeout above the varint limit cannot be configured; fall back to quinn's.
         if let Ok(idle) = IdleTimeout::try_from(self.idle_timeout) {
             t.max_idle_timeout(Some(idle));
+        }
+        if let Some(ack) = self.ack_frequency {
+            let mut c = AckFrequencyConfig::default();
+            c.ack_eliciting_threshold(VarInt::from_u32(ack.ack_eliciting_threshold))
+                .max_ack_delay(Some(ack.max_ack_delay));
+            t.ack_frequency_config(Some(c));
         }
         if self.mtu_discovery {
             let mut mtud = MtuDiscoveryConfig::default();

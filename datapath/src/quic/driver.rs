@@ -153,6 +153,10 @@ pub struct DriverCounters {
     pub datagrams_dropped_rx: u64,
     /// `send_datagram_to_many` targets that could not take the datagram (closed, too large).
     pub datagrams_unsendable: u64,
+    /// Connections `poll_transmit` asked for a packet, including those that had none. Only
+    /// connections touched since they last had nothing to send are asked, so this follows the
+    /// traffic, not the number of connections times the number of turns.
+    pub transmit_polls: u64,
 }
 
 /// Per-connection statistics. Read with [`Driver::stats`].
@@ -331,6 +335,10 @@ struct Conn {
     dropped_rx: u64,
     /// Drops not yet reported in an `Event::DatagramsDropped`.
     drops_unreported: u64,
+    /// In `Driver::transmit_queue`: the connection may have something to send.
+    queued_tx: bool,
+    /// In `Driver::timer_dirty`: its entry in `Driver::timeouts` may be stale.
+    timer_dirty: bool,
 }
 
 impl Conn {
@@ -359,6 +367,8 @@ impl Conn {
             dropped_tx: 0,
             dropped_rx: 0,
             drops_unreported: 0,
+            queued_tx: false,
+            timer_dirty: false,
         }
     }
 }
@@ -373,8 +383,21 @@ pub struct Driver {
     conns: Vec<Option<Conn>>,
     live: usize,
     next_generation: u64,
-    /// Round-robin position of `poll_transmit`.
-    cursor: usize,
+    /// Connections that may have something to send, in round-robin order. quinn only has new
+    /// packets after an input (a received packet, a timer, a datagram or stream write, a
+    /// close), so `poll_transmit` asks only the connections touched since they last returned
+    /// nothing, instead of sweeping every connection each turn: with hundreds of idle peers
+    /// the sweep cost more than the forwarding itself.
+    transmit_queue: VecDeque<usize>,
+    /// Next timer of each connection (quinn's and the handshake deadline), indexed like
+    /// `conns`; a dense copy so `poll_timeout` scans a small vector instead of asking every
+    /// connection.
+    timeouts: Vec<Option<Instant>>,
+    /// Connections whose `timeouts` entry must be recomputed before it is read.
+    timer_dirty: Vec<usize>,
+    /// The earliest of `timeouts` (`Some(None)`: no timer at all), or `None` when it must be
+    /// found again by a scan: a busy turn then reads one value instead of scanning.
+    earliest: Option<Option<Instant>>,
     /// Events with the generation of the connection they belong to.
     events: VecDeque<(u64, Event)>,
     queued_datagrams: usize,
@@ -440,7 +463,10 @@ impl Driver {
             conns: Vec::new(),
             live: 0,
             next_generation: 1,
-            cursor: 0,
+            transmit_queue: VecDeque::new(),
+            timeouts: Vec::new(),
+            timer_dirty: Vec::new(),
+            earliest: Some(None),
             events: VecDeque::new(),
             queued_datagrams: 0,
             drop_reports: VecDeque::new(),
@@ -523,6 +549,7 @@ impl Driver {
         let idx = handle.0;
         if self.conns.len() <= idx {
             self.conns.resize_with(idx + 1, || None);
+            self.timeouts.resize(idx + 1, None);
         }
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -674,18 +701,26 @@ impl Driver {
             }
             return Some(transmit_meta(&transmit, buf.len()));
         }
-        let slots = self.conns.len();
         let max_datagrams = self.config.max_transmit_datagrams.max(1);
-        for step in 0..slots {
-            let idx = (self.cursor + step) % slots;
-            let Some(state) = self.conns[idx].as_mut() else {
+        while let Some(idx) = self.transmit_queue.pop_front() {
+            // An entry of a connection that drained meanwhile, or a duplicate left by a
+            // connection that reused the index: skip it.
+            let Some(state) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
                 continue;
             };
+            if !state.queued_tx {
+                continue;
+            }
+            // Sending arms loss-detection timers; finding nothing to send may arm pacing.
+            mark_timer(&mut self.timer_dirty, state, idx);
+            self.counters.transmit_polls += 1;
             let Some(transmit) = state.conn.poll_transmit(now, max_datagrams, buf) else {
+                state.queued_tx = false;
                 continue;
             };
             state.shadow.on_sent(state.conn.stats().frame_tx.datagram);
-            self.cursor = idx + 1;
+            // It may have more: back of the line, so connections take turns.
+            self.transmit_queue.push_back(idx);
             self.drive(idx);
             return Some(transmit_meta(&transmit, buf.len()));
         }
@@ -696,21 +731,51 @@ impl Driver {
     ///
     /// Call after every `handle_*`, `poll_transmit` and command; the answer may change.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        for state in self.conns.iter_mut().flatten() {
-            for t in [state.conn.poll_timeout(), state.handshake_deadline]
-                .into_iter()
-                .flatten()
-            {
-                next = Some(next.map_or(t, |n| n.min(t)));
+        self.refresh_timeouts();
+        match self.earliest {
+            Some(earliest) => earliest,
+            None => {
+                let earliest = self.timeouts.iter().flatten().min().copied();
+                self.earliest = Some(earliest);
+                earliest
             }
         }
-        next
+    }
+
+    /// Recomputes the `timeouts` entries of the connections touched since the last call.
+    fn refresh_timeouts(&mut self) {
+        for idx in self.timer_dirty.drain(..) {
+            let Some(state) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            state.timer_dirty = false;
+            let quinn = state.conn.poll_timeout();
+            let new = match (quinn, state.handshake_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let old = std::mem::replace(&mut self.timeouts[idx], new);
+            if let Some(earliest) = self.earliest {
+                if new.is_some_and(|n| earliest.is_none_or(|e| n < e)) {
+                    // Earlier than every other timer.
+                    self.earliest = Some(new);
+                } else if old.is_some() && old == earliest && new != old {
+                    // This connection held the earliest timer and moved it: scan again.
+                    self.earliest = None;
+                }
+            }
+        }
     }
 
     /// Runs the timers due at `now`: loss detection, keep-alives, idle and handshake timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for idx in 0..self.conns.len() {
+        if self.poll_timeout().is_none_or(|t| t > now) {
+            return;
+        }
+        for idx in 0..self.timeouts.len() {
+            if self.timeouts[idx].is_none_or(|t| t > now) {
+                continue;
+            }
             let Some(state) = self.conns[idx].as_mut() else {
                 continue;
             };
@@ -747,6 +812,9 @@ impl Driver {
             }
             if due {
                 self.drive(idx);
+            } else {
+                // Nothing was due after all: recompute rather than report a past time forever.
+                mark_timer(&mut self.timer_dirty, state, idx);
             }
         }
     }
@@ -780,6 +848,9 @@ impl Driver {
                             &mut self.events,
                             &self.config,
                         );
+                        // Reading may have opened the flow-control window: MAX_STREAM_DATA.
+                        mark_transmit(&mut self.transmit_queue, state, idx);
+                        mark_timer(&mut self.timer_dirty, state, idx);
                     }
                 }
             }
@@ -813,6 +884,7 @@ impl Driver {
         state.shadow.resync(capacity, space);
         match state.conn.datagrams().send(data, true) {
             Ok(()) => {
+                mark_transmit(&mut self.transmit_queue, state, conn.index());
                 let dropped = state.shadow.push(len, capacity);
                 if dropped > 0 {
                     state.dropped_tx += dropped;
@@ -886,6 +958,8 @@ impl Driver {
         }
         state.control_out.extend_from_slice(bytes);
         flush_control(state);
+        mark_transmit(&mut self.transmit_queue, state, conn.index());
+        mark_timer(&mut self.timer_dirty, state, conn.index());
         Ok(())
     }
 
@@ -970,8 +1044,15 @@ impl Driver {
 
     /// Processes everything a connection has to tell after quinn got input: endpoint events
     /// (CIDs, drained) and application events.
+    ///
+    /// Every caller just gave the connection input (or sent from it), so this also queues it
+    /// for `poll_transmit` and marks its timer for `poll_timeout`.
     fn drive(&mut self, idx: usize) {
         let conn_id = ConnId(ConnectionHandle(idx));
+        if let Some(state) = self.conns.get_mut(idx).and_then(Option::as_mut) {
+            mark_transmit(&mut self.transmit_queue, state, idx);
+            mark_timer(&mut self.timer_dirty, state, idx);
+        }
         loop {
             let Self {
                 conns,
@@ -981,6 +1062,7 @@ impl Driver {
                 config,
                 queued_datagrams,
                 live,
+                timeouts,
                 ..
             } = self;
             let Some(state) = conns.get_mut(idx).and_then(Option::as_mut) else {
@@ -1008,10 +1090,30 @@ impl Driver {
                     ));
                 }
                 conns[idx] = None;
+                if timeouts[idx].take().is_some() {
+                    // It may have held the earliest timer.
+                    self.earliest = None;
+                }
                 *live -= 1;
                 return;
             }
         }
+    }
+}
+
+/// Queues connection `idx` for `poll_transmit` unless it is queued already.
+fn mark_transmit(queue: &mut VecDeque<usize>, state: &mut Conn, idx: usize) {
+    if !state.queued_tx {
+        state.queued_tx = true;
+        queue.push_back(idx);
+    }
+}
+
+/// Marks the `timeouts` entry of connection `idx` stale.
+fn mark_timer(dirty: &mut Vec<usize>, state: &mut Conn, idx: usize) {
+    if !state.timer_dirty {
+        state.timer_dirty = true;
+        dirty.push(idx);
     }
 }
 

@@ -25,6 +25,14 @@
 //! - **Counters** for what a hostile network sends: datagrams no connection could use,
 //!   datagrams a connection could not authenticate (corrupted, truncated, replayed), refused
 //!   connections and streams, timed-out handshakes. See [`DriverCounters`].
+//! - **Work per turn that does not grow with idle connections.** quinn-proto only has packets
+//!   to send after an input (a received packet, a timer, a DATAGRAM or control write, a close),
+//!   so [`Driver::poll_transmit`] asks only the connections touched since they last had nothing
+//!   to send, taking turns in FIFO order; [`Driver::poll_timeout`] reads a dense vector of next
+//!   timers refreshed only for touched connections ([`DriverCounters::transmit_polls`] counts
+//!   the asks). With 300 idle peers in the relay, a 1400-byte unicast flow cost 4.3 µs of
+//!   relay CPU per frame when every turn swept every connection and 2.3 µs after; with 1000,
+//!   9.3 µs before and 2.2 µs after, the same as with no idle peer.
 //! - **Zero copy.** A GRO batch is split into datagrams with `BytesMut::split_to`; received
 //!   DATAGRAMs are `Bytes` slices of the decrypted packet; [`Driver::send_datagram_to_many`]
 //!   queues refcount clones of one `Bytes`; the caller owns the transmit buffer, so an io_uring
@@ -37,7 +45,7 @@ pub mod config;
 mod driver;
 pub mod tls;
 
-pub use config::{DriverConfig, TransportSettings};
+pub use config::{AckFrequency, DriverConfig, TransportSettings};
 pub use driver::{
     CLOSE_HANDSHAKE_TIMEOUT, CloseCause, ConnId, ConnStats, ConnectError, ControlError,
     DatagramError, Driver, DriverCounters, Event, PeerIdentity, STREAM_REFUSED,
