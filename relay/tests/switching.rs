@@ -312,32 +312,40 @@ fn the_room_budget_follows_the_members_paths_after_pmtud() {
     let relay = TestRelay::start();
     let (mut a, welcome) = relay.join("lan-party", mac(1), "Ann");
     let (mut b, _) = relay.join("lan-party", mac(2), "Bob");
-    let announced = |p: &mut TestPeer| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut last = None;
-        while Instant::now() < deadline {
-            match p.next_notice(deadline.saturating_duration_since(Instant::now())) {
-                Some(Message::RoomBudget(r)) => {
-                    last = Some(r.budget);
-                    if usize::from(r.budget) == p.max_datagram_size().unwrap_or(0) {
-                        break;
-                    }
+    // Both peers keep listening until they have heard the same budget and it has not moved
+    // for a while (the relay compares paths once a second while PMTUD still climbs).
+    let mut heard: [Option<u16>; 2] = [None, None];
+    let mut settled_since = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        for (p, last) in [&mut a, &mut b].into_iter().zip(heard.iter_mut()) {
+            while let Some(m) = p.next_notice(Duration::from_millis(20)) {
+                if let Message::RoomBudget(r) = m {
+                    *last = Some(r.budget);
+                    settled_since = None;
                 }
-                Some(_) => {}
-                None => break,
             }
         }
-        last
-    };
-    let for_a = announced(&mut a).expect("Ann heard no room_budget");
-    let for_b = announced(&mut b).expect("Bob heard no room_budget");
+        if heard[0].is_some() && heard[0] == heard[1] {
+            let since = *settled_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_millis(2500) {
+                break;
+            }
+        }
+    }
+    let for_a = heard[0].expect("Ann heard no room_budget");
+    let for_b = heard[1].expect("Bob heard no room_budget");
     assert!(
         for_a > welcome.room_budget,
         "announced {for_a}, welcome {}",
         welcome.room_budget
     );
     assert_eq!(for_a, for_b);
-    // A frame of the announced size crosses whole.
+    // A frame of the announced size crosses whole (once Ann's own path carries it too).
+    a.pump_until(WAIT, |p| {
+        p.max_datagram_size()
+            .is_some_and(|m| m >= usize::from(for_a))
+    });
     let payload = vec![7u8; usize::from(for_a) - 1 - 14];
     let frame = ether(mac(2), mac(1), 0x88b5, &payload);
     let datagram = lanparty_datapath::wire::overlay::encode_whole(&frame);
