@@ -76,6 +76,10 @@ pub struct Args {
     /// Where the MAC and the Windows undo file are kept.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Linux: open the adapter without TCP offloads (one read per packet instead of one per
+    /// 64 KB burst); for comparison and for kernels that mishandle them.
+    #[arg(long)]
+    pub no_offloads: bool,
 }
 
 /// The keys of the `--config` TOML file (all optional, same meaning as the flags).
@@ -108,6 +112,8 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// See [`Args::state_dir`].
     pub state_dir: Option<PathBuf>,
+    /// `false` is [`Args::no_offloads`].
+    pub offloads: Option<bool>,
 }
 
 impl FileConfig {
@@ -224,6 +230,8 @@ pub struct ClientConfig {
     pub log_format: LogFormat,
     /// The state directory, when given; else the platform's default.
     pub state_dir: Option<PathBuf>,
+    /// Linux: TUN/TAP TCP offloads (`IFF_VNET_HDR`), on unless turned off.
+    pub offloads: bool,
 }
 
 impl ClientConfig {
@@ -379,6 +387,7 @@ impl ClientConfig {
             display_name,
             log_format,
             state_dir: args.state_dir.or(file.state_dir),
+            offloads: !args.no_offloads && file.offloads.unwrap_or(true),
         })
     }
 }
@@ -422,6 +431,26 @@ mod tests {
         assert_eq!(cfg.adapter, AdapterKind::default());
         assert_eq!(cfg.addressing, Addressing::Dhcp);
         assert_eq!(cfg.mac, None);
+    }
+
+    #[test]
+    fn offloads_are_on_unless_the_flag_or_the_file_turns_them_off() {
+        let link = format!("lanparty://relay.example/party?pin={PIN}&secret=correct%20horse");
+        let on = ClientConfig::resolve(args(Some(&link)), FileConfig::default()).unwrap();
+        assert!(on.offloads);
+        let mut flag = args(Some(&link));
+        flag.no_offloads = true;
+        assert!(
+            !ClientConfig::resolve(flag, FileConfig::default())
+                .unwrap()
+                .offloads
+        );
+        let file: FileConfig = toml::from_str("offloads = false").unwrap();
+        assert!(
+            !ClientConfig::resolve(args(Some(&link)), file)
+                .unwrap()
+                .offloads
+        );
     }
 
     #[test]

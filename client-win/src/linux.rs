@@ -20,8 +20,8 @@
 //! become one super-packet and one write, the rest is written as it comes, and
 //! [`Device::flush`] writes what is held at the end of each batch. The pure work is in
 //! [`lanparty_datapath::offload`]; [`LinuxDevice::offload_counters`] shows reads, segments,
-//! writes and merges. `LANPARTY_NO_OFFLOAD=1` in the environment opens the device without
-//! offloads (for measurements and as an escape hatch).
+//! writes and merges. `lanparty-client --no-offloads` opens the device without them (for
+//! measurements and as an escape hatch).
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -45,19 +45,15 @@ const DEVICE_TOKEN: u64 = 0x7a9;
 /// The MTU of the device: the room carries 1500-byte IP packets, always.
 pub const ADAPTER_MTU: u32 = 1500;
 
-/// The environment variable that turns the adapter's offloads off.
-pub const NO_OFFLOAD_ENV: &str = "LANPARTY_NO_OFFLOAD";
-
 /// Creates the device for `kind` in the calling thread's network namespace and brings it up:
-/// MTU 1500; on a TAP our MAC; on a TUN the EUI-64 link-local address of our MAC. Offloads are
-/// on unless [`NO_OFFLOAD_ENV`] is set to something other than `0` (see [`open_adapter_with`]).
+/// MTU 1500; on a TAP our MAC; on a TUN the EUI-64 link-local address of our MAC; TCP offloads
+/// on (see [`open_adapter_with`]).
 ///
 /// # Errors
 ///
 /// [`TunTapError`] from creating or configuring the device (not root, name taken, ...).
 pub fn open_adapter(kind: AdapterKind, name: &str, mac: Mac) -> Result<TunTap, TunTapError> {
-    let offloads = std::env::var_os(NO_OFFLOAD_ENV).is_none_or(|v| v.is_empty() || v == "0");
-    open_adapter_with(kind, name, mac, offloads)
+    open_adapter_with(kind, name, mac, true)
 }
 
 /// [`open_adapter`], with TCP offloads (`IFF_VNET_HDR` + `TUNSETOFFLOAD`) on or off. When the

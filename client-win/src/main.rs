@@ -140,7 +140,7 @@ mod platform {
             })?,
         };
         let (uplink, relay) = super::open_uplink(&config, mac)?;
-        let dev = linux::open_adapter(config.adapter, &config.name, mac)
+        let dev = linux::open_adapter_with(config.adapter, &config.name, mac, config.offloads)
             .with_context(|| format!("creating the {} adapter", config.adapter.word()))?;
         tracing::info!(
             device = dev.name(),
