@@ -547,7 +547,15 @@ impl Control {
         if self.peers.remove(&peer).is_none() {
             return;
         }
+        let room = self.rooms.room_of(peer).cloned();
         let notices = self.rooms.leave(peer);
+        // A room that emptied forgets its announced budget; one created later under the same
+        // code starts from its own welcome.
+        if let Some(code) = room
+            && self.rooms.room(&code).is_none()
+        {
+            self.announced.remove(&code);
+        }
         self.send(Down::Remove {
             peer: switch::PeerId(peer.0),
         })

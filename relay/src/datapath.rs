@@ -411,6 +411,8 @@ impl Datapath {
         }
         slot.conns.insert(peer, id);
         self.peers.insert(peer, (idx, id));
+        // A newcomer's path may be smaller than what the room was told: compare at once.
+        self.next_path_check = now;
         if let Some(s) = self.slots.get_mut(id.index()).and_then(Option::as_mut) {
             s.peer = Some((peer, idx));
         }

@@ -319,7 +319,7 @@ fn the_room_budget_follows_the_members_paths_after_pmtud() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         for (p, last) in [&mut a, &mut b].into_iter().zip(heard.iter_mut()) {
-            while let Some(m) = p.next_notice(Duration::from_millis(20)) {
+            while let Some(m) = p.next_message(Duration::from_millis(20)) {
                 if let Message::RoomBudget(r) = m {
                     *last = Some(r.budget);
                     settled_since = None;

@@ -246,13 +246,14 @@ impl TestPeer {
         self.messages.pop_front()
     }
 
-    /// The next message that is not periodic stats.
+    /// The next message that is not periodic stats or a room budget (which follows PMTUD in
+    /// the background).
     pub fn next_notice(&mut self, timeout: Duration) -> Option<Message> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next_message(left)? {
-                Message::Stats(_) => continue,
+                Message::Stats(_) | Message::RoomBudget(_) => continue,
                 m => return Some(m),
             }
         }
