@@ -931,15 +931,7 @@ impl PacketSocket {
             // SAFETY: `i * snaplen + snaplen <= bufs.len()`.
             self.iovecs[i].iov_base = unsafe { base.add(i * self.snaplen) }.cast();
             self.iovecs[i].iov_len = self.snaplen;
-            let hdr = &mut self.msgs[i].msg_hdr;
-            hdr.msg_name = std::ptr::null_mut();
-            hdr.msg_namelen = 0;
-            hdr.msg_iov = &raw mut self.iovecs[i];
-            hdr.msg_iovlen = 1;
-            hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_controllen = 0;
-            hdr.msg_flags = 0;
-            self.msgs[i].msg_len = 0;
+            self.aim_header(i);
         }
         // SAFETY: `msgs` holds `batch` headers, each pointing at one iovec of `snaplen` bytes in
         // `bufs`; all stay alive and unmoved during the call. MSG_TRUNC makes the kernel report
@@ -1007,6 +999,20 @@ impl PacketSocket {
         Ok(())
     }
 
+    /// Points message header `i` at iovec `i` alone: no address, no control data.
+    fn aim_header(&mut self, i: usize) {
+        let iov = &raw mut self.iovecs[i];
+        let msg = &mut self.msgs[i];
+        msg.msg_hdr.msg_name = std::ptr::null_mut();
+        msg.msg_hdr.msg_namelen = 0;
+        msg.msg_hdr.msg_iov = iov;
+        msg.msg_hdr.msg_iovlen = 1;
+        msg.msg_hdr.msg_control = std::ptr::null_mut();
+        msg.msg_hdr.msg_controllen = 0;
+        msg.msg_hdr.msg_flags = 0;
+        msg.msg_len = 0;
+    }
+
     /// Sends up to one batch ([`SocketConfig::batch`]) of `frames` with a single `sendmmsg`
     /// out of the bound interface; returns how many the kernel took (the first ones, in
     /// order). The kernel copies each frame into a linear socket buffer, as [`send`](Self::send)
@@ -1024,15 +1030,7 @@ impl PacketSocket {
         for (i, frame) in frames[..n].iter().enumerate() {
             self.iovecs[i].iov_base = frame.as_ptr().cast_mut().cast();
             self.iovecs[i].iov_len = frame.len();
-            let hdr = &mut self.msgs[i].msg_hdr;
-            hdr.msg_name = std::ptr::null_mut();
-            hdr.msg_namelen = 0;
-            hdr.msg_iov = &raw mut self.iovecs[i];
-            hdr.msg_iovlen = 1;
-            hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_controllen = 0;
-            hdr.msg_flags = 0;
-            self.msgs[i].msg_len = 0;
+            self.aim_header(i);
         }
         // SAFETY: the first `n` headers each point at one iovec that points at a frame of
         // `frames`, which the borrow keeps alive and unchanged during the call; the kernel only
