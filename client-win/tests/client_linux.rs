@@ -71,23 +71,7 @@ fn lan_works_through(kind: AdapterKind, test: &str) {
 
     // IPv6 too: neighbour discovery both ways (on a TUN the emulator answers for the address
     // it saw the client's stack use).
-    let lan_v6 = netns::test_v6(5, 1);
-    party
-        .lan()
-        .ip(&[
-            "addr",
-            "add",
-            &format!("{lan_v6}/64"),
-            "dev",
-            "lplan0",
-            "nodad",
-        ])
-        .unwrap();
-    let client_v6 = format!("{}/64", netns::test_v6(5, 2));
-    client
-        .ns
-        .ip(&["addr", "add", &client_v6, "dev", "lpcl0", "nodad"])
-        .unwrap();
+    let lan_v6 = party.add_v6(&client);
     netns::ping(&client.ns, IpAddr::V6(lan_v6), Duration::from_secs(5))
         .expect("the LAN host answers the client's IPv6 ping");
 

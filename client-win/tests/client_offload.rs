@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use common::{LAN_HOST, Party};
 use lanparty_client::adapter::AdapterKind;
-use lanparty_datapath::sys::netns;
 
 /// Bytes each way.
 const TRANSFER: usize = 4 * 1024 * 1024;
@@ -121,23 +120,7 @@ fn offloads_carry_tcp_both_ways(kind: AdapterKind, test: &str, port: u16) {
         transfer_both_ways(&party, &client, IpAddr::V4(LAN_HOST), port, TRANSFER);
 
     // IPv6 too (TSO6 reads, TCPV6 coalesced writes), on unique local addresses.
-    let lan_v6 = netns::test_v6(5, 1);
-    party
-        .lan()
-        .ip(&[
-            "addr",
-            "add",
-            &format!("{lan_v6}/64"),
-            "dev",
-            "lplan0",
-            "nodad",
-        ])
-        .unwrap();
-    let client_v6 = format!("{}/64", netns::test_v6(5, 2));
-    client
-        .ns
-        .ip(&["addr", "add", &client_v6, "dev", "lpcl0", "nodad"])
-        .unwrap();
+    let lan_v6 = party.add_v6(&client);
     let (up6, down6) = transfer_both_ways(&party, &client, IpAddr::V6(lan_v6), port, TRANSFER / 4);
     eprintln!("{test}: IPv6 up {up6:?}, down {down6:?}");
 

@@ -6,7 +6,7 @@
     reason = "a helper module of test binaries, each using a different part"
 )]
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -384,6 +384,28 @@ impl Party {
     /// The LAN namespace.
     pub fn lan(&self) -> &Netns {
         &self.lan
+    }
+
+    /// Gives the LAN host and `client` unique local IPv6 addresses on one /64 and returns the
+    /// LAN host's.
+    pub fn add_v6(&self, client: &Client) -> Ipv6Addr {
+        let lan_v6 = netns::test_v6(5, 1);
+        self.lan
+            .ip(&[
+                "addr",
+                "add",
+                &format!("{lan_v6}/64"),
+                "dev",
+                "lplan0",
+                "nodad",
+            ])
+            .unwrap();
+        let client_v6 = format!("{}/64", netns::test_v6(5, 2));
+        client
+            .ns
+            .ip(&["addr", "add", &client_v6, "dev", "lpcl0", "nodad"])
+            .unwrap();
+        lan_v6
     }
 
     /// What the relay saw.
