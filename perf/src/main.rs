@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let all = matches!(scenario, Scenario::All);
             if all || matches!(scenario, Scenario::Quic) {
-                bench::quic::run_quic(&bench::quic::QuicOpts::new(quick, repeats, out.clone()))?;
+                bench::quic::run_quic(&bench::RunOpts::new(quick, repeats, out.clone()))?;
             }
             if all || matches!(scenario, Scenario::Relay) {
                 bench::relay::run(&bench::relay::Options {
@@ -90,11 +90,11 @@ fn main() -> anyhow::Result<()> {
                 })?;
             }
             if all || matches!(scenario, Scenario::Gateway) {
-                let opts = bench::gateway::GatewayOpts::new(quick, repeats, out.clone());
+                let opts = bench::RunOpts::new(quick, repeats, out.clone());
                 bench::gateway::run_gateway(&opts)?;
             }
             if all || matches!(scenario, Scenario::E2e) {
-                bench::e2e::run_e2e(&bench::e2e::E2eOpts::new(quick, repeats, out))?;
+                bench::e2e::run_e2e(&bench::RunOpts::new(quick, repeats, out))?;
             }
             Ok(())
         }

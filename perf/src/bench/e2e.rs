@@ -41,29 +41,7 @@ use lanparty_perf::lab::{
 };
 use serde::Serialize;
 
-use super::{plot, vpn};
-
-/// Options of `bench e2e`.
-#[derive(Debug, Clone)]
-pub(crate) struct E2eOpts {
-    /// A few seconds per path: checks that traffic flowed and results were written.
-    pub(crate) quick: bool,
-    /// How often each path is measured.
-    pub(crate) repeats: usize,
-    /// Where the results go.
-    pub(crate) out: PathBuf,
-}
-
-impl E2eOpts {
-    /// Defaults: full run, 3 repeats, `perf/out/`.
-    pub(crate) fn new(quick: bool, repeats: Option<usize>, out: Option<PathBuf>) -> Self {
-        Self {
-            quick,
-            repeats: repeats.unwrap_or(if quick { 1 } else { 3 }).max(1),
-            out: out.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("out")),
-        }
-    }
-}
+use super::{RunOpts, plot, vpn};
 
 /// The paths compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,7 +203,7 @@ pub(crate) struct E2eReport {
 }
 
 /// Runs the benchmark. Without root or iperf3 it prints why and returns `Ok(None)`.
-pub(crate) fn run_e2e(opts: &E2eOpts) -> anyhow::Result<Option<E2eReport>> {
+pub(crate) fn run_e2e(opts: &RunOpts) -> anyhow::Result<Option<E2eReport>> {
     if !netns::is_root() {
         eprintln!("e2e: SKIP: needs root (network namespaces); run it with sudo");
         return Ok(None);

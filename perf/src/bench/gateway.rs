@@ -100,7 +100,7 @@ use lanparty_gateway::{Bridge, GatewayConfig, RxRingMode};
 use serde::Serialize;
 
 use super::quic::Target;
-use super::thread_run_delay;
+use super::{RunOpts, thread_run_delay};
 use crate::sys::thread_cpu_time;
 
 /// The LAN host's MAC (sender end of the veth).
@@ -124,28 +124,6 @@ const LOSS_RATE_SHARE: f64 = 0.8;
 const DEFAULT_RING: RxRingMode = RxRingMode::V2;
 /// The other layout (`--rx-ring v3`), measured alongside for comparison.
 const OTHER_RING: RxRingMode = RxRingMode::V3;
-
-/// Options of `bench gateway`.
-#[derive(Debug, Clone)]
-pub(crate) struct GatewayOpts {
-    /// About a second per scenario: checks that frames flow and results are written.
-    pub(crate) quick: bool,
-    /// How often each measurement is repeated.
-    pub(crate) repeats: usize,
-    /// Where `gateway.md` and `gateway.json` go.
-    pub(crate) out: PathBuf,
-}
-
-impl GatewayOpts {
-    /// Defaults: full run, 3 repeats, `perf/out/`.
-    pub(crate) fn new(quick: bool, repeats: Option<usize>, out: Option<PathBuf>) -> Self {
-        Self {
-            quick,
-            repeats: repeats.unwrap_or(if quick { 1 } else { 3 }).max(1),
-            out: out.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("out")),
-        }
-    }
-}
 
 /// Which receive path the gateway uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,7 +342,7 @@ pub(crate) struct GatewayReport {
 
 /// Runs the whole benchmark, writes `gateway.md` and `gateway.json`, prints the table. Without
 /// root it prints a skip line and returns `None`.
-pub(crate) fn run_gateway(opts: &GatewayOpts) -> anyhow::Result<Option<GatewayReport>> {
+pub(crate) fn run_gateway(opts: &RunOpts) -> anyhow::Result<Option<GatewayReport>> {
     if !netns::is_root() {
         println!("bench gateway: skipped: needs root (network namespaces, AF_PACKET)");
         return Ok(None);
@@ -1483,7 +1461,7 @@ mod tests {
             return;
         }
         let out = std::env::temp_dir().join(format!("lpgwbench-out-{}", std::process::id()));
-        let opts = GatewayOpts::new(true, Some(1), Some(out.clone()));
+        let opts = RunOpts::new(true, Some(1), Some(out.clone()));
         let report = run_gateway(&opts)
             .unwrap()
             .expect("root runs the benchmark");

@@ -1,6 +1,7 @@
 //! Benchmarks. Every scenario measures its baseline in the same run and reports ratios,
 //! because the machines they run on are shared and noisy.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub(crate) mod e2e;
@@ -13,6 +14,28 @@ mod relay_ref;
 pub(crate) mod scale;
 pub(crate) mod udp_ref;
 pub(crate) mod vpn;
+
+/// Options of the scenarios that repeat their measurements (`quic`, `gateway`, `e2e`).
+#[derive(Debug, Clone)]
+pub(crate) struct RunOpts {
+    /// Small counts and short runs: checks that traffic flows and results are written.
+    pub(crate) quick: bool,
+    /// How often each measurement is repeated.
+    pub(crate) repeats: usize,
+    /// Where the scenario's Markdown and JSON go.
+    pub(crate) out: PathBuf,
+}
+
+impl RunOpts {
+    /// Defaults: full run, 3 repeats (1 when quick), `perf/out/`.
+    pub(crate) fn new(quick: bool, repeats: Option<usize>, out: Option<PathBuf>) -> Self {
+        Self {
+            quick,
+            repeats: repeats.unwrap_or(if quick { 1 } else { 3 }).max(1),
+            out: out.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("out")),
+        }
+    }
+}
 
 /// DATAGRAM send/receive buffer used by every QUIC stack under test (our driver's default).
 pub(crate) const DATAGRAM_BUFFER: usize = 64 * 1024;

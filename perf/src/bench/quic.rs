@@ -30,31 +30,9 @@ use lanparty_datapath::quic::{ConnId, Driver, DriverConfig, Event};
 use lanparty_datapath::runner::Runner;
 use serde::Serialize;
 
-use super::{Throughput, Workload, quinn_ref, thread_run_delay, udp_ref};
+use super::{RunOpts, Throughput, Workload, quinn_ref, thread_run_delay, udp_ref};
 use crate::stats::quantile;
 use crate::sys::thread_cpu_time;
-
-/// Options of `bench quic`.
-#[derive(Debug, Clone)]
-pub(crate) struct QuicOpts {
-    /// Small counts and short runs: checks that traffic flows and results are written.
-    pub(crate) quick: bool,
-    /// How often each measurement is repeated.
-    pub(crate) repeats: usize,
-    /// Where `quic.md` and `quic.json` go.
-    pub(crate) out: PathBuf,
-}
-
-impl QuicOpts {
-    /// Defaults: full run, 3 repeats, `perf/out/`.
-    pub(crate) fn new(quick: bool, repeats: Option<usize>, out: Option<PathBuf>) -> Self {
-        Self {
-            quick,
-            repeats: repeats.unwrap_or(if quick { 1 } else { 3 }).max(1),
-            out: out.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("out")),
-        }
-    }
-}
 
 /// One stack on one workload, over all repeats.
 #[derive(Debug, Clone, Serialize)]
@@ -143,7 +121,7 @@ type Pinger = Box<dyn Fn() -> anyhow::Result<Vec<Duration>>>;
 const PING_SIZE: usize = 64;
 
 /// Runs the whole benchmark, writes `quic.md` and `quic.json`, prints the table.
-pub(crate) fn run_quic(opts: &QuicOpts) -> anyhow::Result<QuicReport> {
+pub(crate) fn run_quic(opts: &RunOpts) -> anyhow::Result<QuicReport> {
     let duration = if opts.quick {
         Duration::from_millis(250)
     } else {
