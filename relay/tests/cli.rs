@@ -291,3 +291,42 @@ fn peers_of_a_killed_relay_hear_of_its_restart_without_waiting_for_their_idle_ti
     assert!(reason.to_lowercase().contains("reset"), "{reason}");
     drop(second);
 }
+
+#[test]
+fn the_datapath_thread_runs_at_realtime_priority_unless_turned_off() {
+    use lanparty_datapath::sys::netns;
+    use lanparty_datapath::sys::sched::{self, Policy};
+    let policy = |args: &[&str]| {
+        let d = dir();
+        let mut all = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            d.0.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let relay = RelayProcess::spawn(&all);
+        let id = relay.child.id();
+        // The thread raises itself as it starts; give it a moment after the banner (the whole
+        // moment only when it stays normal).
+        let until = Instant::now() + Duration::from_millis(1500);
+        loop {
+            let p = sched::thread_policy(id, "relay-datapath").unwrap();
+            if p == Some(Policy::Fifo) || Instant::now() > until {
+                return (p, sched::thread_policy(id, "relay-control").unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let (datapath, control) = policy(&[]);
+    if netns::is_root() && two_cpus {
+        assert_eq!(datapath, Some(Policy::Fifo));
+    } else {
+        eprintln!("not root or one CPU: the relay must fall back to normal priority");
+        assert_eq!(datapath, Some(Policy::Other));
+    }
+    assert_eq!(control, Some(Policy::Other), "only the datapath is raised");
+    let (datapath, _) = policy(&["--no-realtime"]);
+    assert_eq!(datapath, Some(Policy::Other));
+}

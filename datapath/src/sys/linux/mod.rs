@@ -5,5 +5,6 @@
 
 pub mod afpacket;
 pub mod netns;
+pub mod sched;
 pub mod tuntap;
 pub mod uring;

@@ -1,1 +1,3 @@
 //! Windows system code.
+
+pub mod sched;
