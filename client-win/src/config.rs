@@ -80,11 +80,6 @@ pub struct Args {
     /// 64 KB burst); for comparison and for kernels that mishandle them.
     #[arg(long)]
     pub no_offloads: bool,
-    /// Keep the client loop at normal priority. By default it asks for real-time scheduling
-    /// (Linux: SCHED_FIFO 10; Windows: time-critical thread priority) on machines with two or
-    /// more CPUs, so game packets do not wait behind other programs (docs/CLIENT.md).
-    #[arg(long)]
-    pub no_realtime: bool,
 }
 
 /// The keys of the `--config` TOML file (all optional, same meaning as the flags).
@@ -119,8 +114,6 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     /// `false` is [`Args::no_offloads`].
     pub offloads: Option<bool>,
-    /// `false` is [`Args::no_realtime`].
-    pub realtime: Option<bool>,
 }
 
 impl FileConfig {
@@ -239,8 +232,6 @@ pub struct ClientConfig {
     pub state_dir: Option<PathBuf>,
     /// Linux: TUN/TAP TCP offloads (`IFF_VNET_HDR`), on unless turned off.
     pub offloads: bool,
-    /// Ask for real-time priority for the client loop ([`lanparty_datapath::priority`]).
-    pub realtime: bool,
 }
 
 impl ClientConfig {
@@ -397,7 +388,6 @@ impl ClientConfig {
             log_format,
             state_dir: args.state_dir.or(file.state_dir),
             offloads: !args.no_offloads && file.offloads.unwrap_or(true),
-            realtime: !args.no_realtime && file.realtime.unwrap_or(true),
         })
     }
 }
@@ -460,23 +450,6 @@ mod tests {
             !ClientConfig::resolve(args(Some(&link)), file)
                 .unwrap()
                 .offloads
-        );
-    }
-
-    #[test]
-    fn realtime_is_on_unless_the_flag_or_the_file_turns_it_off() {
-        let link = format!("lanparty://relay.example/party?pin={PIN}&secret=correct%20horse");
-        let on = ClientConfig::resolve(args(Some(&link)), FileConfig::default()).unwrap();
-        assert!(on.realtime);
-        let mut flag = args(Some(&link));
-        flag.no_realtime = true;
-        let off = ClientConfig::resolve(flag, FileConfig::default()).unwrap();
-        assert!(!off.realtime);
-        let file: FileConfig = toml::from_str("realtime = false").unwrap();
-        assert!(
-            !ClientConfig::resolve(args(Some(&link)), file)
-                .unwrap()
-                .realtime
         );
     }
 

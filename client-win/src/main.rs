@@ -111,13 +111,9 @@ fn engine_options(
 /// Runs the client loop until a signal or a fatal rejection; the exit code says which.
 fn run_engine<D: lanparty_client::engine::Device>(
     mut client: lanparty_client::engine::Engine<D>,
-    realtime: bool,
 ) -> anyhow::Result<ExitCode> {
     let stopper = client.stopper();
     on_shutdown_signal(move || stopper.stop())?;
-    // The loop runs on this thread; threads started earlier (signals, control) stay normal.
-    let priority = lanparty_datapath::priority::apply_to_current_thread(realtime);
-    tracing::info!(%priority, "client loop running");
     let exit = client.run().context("the client loop failed")?;
     drop(client);
     Ok(match exit {
@@ -161,7 +157,7 @@ mod platform {
             super::status_printer(config.log_format),
         )
         .context("starting the client loop")?;
-        super::run_engine(client, config.realtime)
+        super::run_engine(client)
     }
 }
 
@@ -236,7 +232,7 @@ mod platform {
             super::status_printer(config.log_format),
         )
         .context("starting the client loop")?;
-        super::run_engine(client, config.realtime)
+        super::run_engine(client)
     }
 }
 

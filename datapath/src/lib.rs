@@ -11,7 +11,6 @@
 //! - [`offload`]: the virtio-net header of TUN/TAP offloads, TCP segmentation of the
 //!   super-packets a device reads and coalescing of the segments written to it.
 //! - [`switch`]: the relay's per-room MAC switch and L2 safety filters.
-//! - [`priority`]: whether the datapath thread asks for real-time scheduling.
 //! - [`quic`]: the sans-IO QUIC driver around `quinn_proto` and its TLS configuration.
 //! - [`io`]: the UDP backend trait and the portable (quinn-udp) backend.
 //! - [`runner`]: the I/O shell that moves datagrams between a backend and the QUIC driver.
@@ -26,7 +25,6 @@ pub mod frag;
 pub mod io;
 pub mod mac;
 pub mod offload;
-pub mod priority;
 pub mod quic;
 pub mod runner;
 pub mod switch;

@@ -97,11 +97,6 @@ pub struct Cli {
     /// batches frames in blocks retired after 1 ms (fewer wake-ups on a high-rate LAN).
     #[arg(long, value_name = "MODE")]
     pub rx_ring: Option<RxRingMode>,
-    /// Keep the bridge thread at normal priority. By default it asks for real-time scheduling
-    /// (SCHED_FIFO 10) on machines with two or more CPUs, so frames do not wait behind other
-    /// programs (docs/OPERATIONS.md).
-    #[arg(long)]
-    pub no_realtime: bool,
 }
 
 /// The config file: the flags' settings under the flags' names in snake_case.
@@ -132,8 +127,6 @@ pub struct FileConfig {
     pub idle_timeout: Option<u64>,
     /// As `--rx-ring` (`"v2"` or `"v3"`).
     pub rx_ring: Option<RxRingMode>,
-    /// `false` is `--no-realtime`.
-    pub realtime: Option<bool>,
 }
 
 impl FileConfig {
@@ -216,8 +209,6 @@ pub struct GatewayConfig {
     pub idle_timeout: Duration,
     /// The LAN receive ring layout.
     pub rx_ring: RxRingMode,
-    /// Ask for real-time priority for the bridge thread ([`lanparty_datapath::priority`]).
-    pub realtime: bool,
 }
 
 /// One source of settings, after parsing its join link.
@@ -349,7 +340,6 @@ impl GatewayConfig {
             log_format: first!(log_format).unwrap_or_default(),
             idle_timeout: Duration::from_secs(idle_secs),
             rx_ring: first!(rx_ring).unwrap_or_default(),
-            realtime: !cli.no_realtime && file.realtime.unwrap_or(true),
         })
     }
 
@@ -397,24 +387,6 @@ mod tests {
         assert!(matches!(g.trust, ClientTrust::Pinned(Fingerprint(f)) if f[1] == 0x11));
         assert_eq!(g.idle_timeout, DEFAULT_IDLE_TIMEOUT);
         assert_eq!(g.rx_ring, RxRingMode::V2, "lowest latency by default");
-        assert!(g.realtime);
-    }
-
-    #[test]
-    fn realtime_is_on_unless_the_flag_or_the_file_turns_it_off() {
-        let link = format!("lanparty://relay.example/party?pin={PIN}&secret=s3cret-long");
-        let file = FileConfig {
-            interface: Some("eth0".into()),
-            ..FileConfig::default()
-        };
-        let g = GatewayConfig::resolve(&cli(&[&link, "--no-realtime"]), &file).unwrap();
-        assert!(!g.realtime);
-        let off: FileConfig = toml::from_str("interface = \"eth0\"\nrealtime = false").unwrap();
-        assert!(
-            !GatewayConfig::resolve(&cli(&[&link]), &off)
-                .unwrap()
-                .realtime
-        );
     }
 
     #[test]

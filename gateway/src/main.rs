@@ -43,9 +43,6 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
 
     let mut bridge = lanparty_gateway::start(&config, Instant::now())?;
-    // This thread runs the bridge; the control plane's thread started at normal priority.
-    let priority = lanparty_datapath::priority::apply_to_current_thread(config.realtime);
-    tracing::info!(%priority, "bridge running");
     while !sys::shutdown_requested() {
         bridge.turn(Duration::MAX)?;
         if bridge.uplink().is_finished() {

@@ -38,9 +38,6 @@ enum Command {
         /// Clients of `scale`.
         #[arg(long, default_value_t = 1000)]
         clients: usize,
-        /// e2e: start softlan's programs with `--no-realtime` (datapath at normal priority).
-        #[arg(long)]
-        no_realtime: bool,
     },
 }
 
@@ -69,16 +66,20 @@ fn main() -> anyhow::Result<()> {
             repeats,
             out,
             clients,
-            no_realtime,
         } => {
             let all = matches!(scenario, Scenario::All);
-            let mut opts = bench::RunOpts::new(quick, repeats, out);
-            opts.realtime = !no_realtime;
             if all || matches!(scenario, Scenario::Quic) {
-                bench::quic::run_quic(&opts)?;
+                bench::quic::run_quic(&bench::RunOpts::new(quick, repeats, out.clone()))?;
             }
             if all || matches!(scenario, Scenario::Relay) {
-                bench::relay::run(&opts)?;
+                bench::relay::run(&bench::relay::Options {
+                    quick,
+                    repeat: if quick {
+                        1
+                    } else {
+                        repeats.unwrap_or(3).max(1)
+                    },
+                })?;
             }
             if all || matches!(scenario, Scenario::Scale) {
                 bench::scale::run(&bench::scale::Options {
@@ -86,14 +87,14 @@ fn main() -> anyhow::Result<()> {
                     per_room: 10,
                     quick,
                     time_limit: Duration::from_secs(120),
-                    out: opts.out.clone(),
                 })?;
             }
             if all || matches!(scenario, Scenario::Gateway) {
+                let opts = bench::RunOpts::new(quick, repeats, out.clone());
                 bench::gateway::run_gateway(&opts)?;
             }
             if all || matches!(scenario, Scenario::E2e) {
-                bench::e2e::run_e2e(&opts)?;
+                bench::e2e::run_e2e(&bench::RunOpts::new(quick, repeats, out))?;
             }
             Ok(())
         }

@@ -153,39 +153,6 @@ fn quick_ping() -> PingPlan {
     }
 }
 
-/// The programs started with default settings raise the thread that moves frames (and only
-/// that one) to SCHED_FIFO; the lab runs as root on two CPUs.
-fn datapaths_run_at_realtime_priority(lab: &mut Lab) {
-    use lanparty_datapath::sys::sched::{Policy, thread_policy};
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        eprintln!("one CPU: the programs keep normal priority, nothing to check");
-        return;
-    }
-    let tunnel = lab.tunnel().expect("a tunnel");
-    let expect = [
-        (tunnel.relay().pid(), "relay-datapath", Policy::Fifo),
-        (tunnel.relay().pid(), "relay-control", Policy::Other),
-        (tunnel.gateway().pid(), "lanparty-gatewa", Policy::Fifo),
-        (
-            tunnel.client("c1").unwrap().pid(),
-            "lanparty-client",
-            Policy::Fifo,
-        ),
-        (
-            tunnel.client("c2").unwrap().pid(),
-            "lanparty-client",
-            Policy::Fifo,
-        ),
-    ];
-    for (pid, thread, policy) in expect {
-        assert_eq!(
-            thread_policy(pid, thread).unwrap(),
-            Some(policy),
-            "thread {thread} of {pid}"
-        );
-    }
-}
-
 fn host1(lab: &Lab) -> (&Netns, Ipv4Addr) {
     let h = lab.node("host1").unwrap();
     (&h.ns, h.lan_addr.unwrap())
@@ -360,10 +327,9 @@ fn tap_and_tun_clients_get_their_addresses_from_the_party_lans_dhcp_server() {
 #[test]
 fn clients_resolve_and_ping_a_lan_host_through_the_tunnel() {
     let test = "clients_resolve_and_ping_a_lan_host_through_the_tunnel";
-    let Some((_serial, mut lab)) = tunnel_lab(test, &TunnelSettings::default()) else {
+    let Some((_serial, lab)) = tunnel_lab(test, &TunnelSettings::default()) else {
         return;
     };
-    datapaths_run_at_realtime_priority(&mut lab);
     let (h_ns, h_addr) = host1(&lab);
     for role in ["c1", "c2"] {
         let c = lab.node(role).unwrap();

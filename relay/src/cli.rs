@@ -68,11 +68,6 @@ struct Args {
     /// relay's CPU is saturated; larger absorbs longer bursts (docs/OPERATIONS.md).
     #[arg(long, value_name = "BYTES")]
     socket_buffer: Option<usize>,
-    /// Keep the datapath thread at normal priority. By default it asks for real-time
-    /// scheduling (SCHED_FIFO 10) on machines with two or more CPUs, so forwarding does not
-    /// wait behind other programs (docs/OPERATIONS.md).
-    #[arg(long)]
-    no_realtime: bool,
     /// Log line format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -172,7 +167,6 @@ fn merge(args: Args, file: FileConfig) -> anyhow::Result<RelayConfig> {
     config.public_host = args.public_host.or(file.public_host);
     config.metrics = args.metrics.or(file.metrics);
     config.handle_signals = true;
-    config.realtime = !args.no_realtime && file.realtime.unwrap_or(true);
     if let Some(bytes) = args.socket_buffer.or(file.socket_buffer) {
         config.socket_buffer = check_socket_buffer(bytes)?;
     }
@@ -375,19 +369,5 @@ mod tests {
         let err = merge(tiny, FileConfig::default()).unwrap_err().to_string();
         assert!(err.contains("--socket-buffer"), "{err}");
         assert!(Args::try_parse_from(base.into_iter().chain(["--socket-buffer", "1M"])).is_err());
-    }
-
-    #[test]
-    fn realtime_is_on_unless_the_flag_or_the_file_turns_it_off() {
-        let base = ["lanparty-relay", "--state-dir", "/tmp/lp"];
-        assert!(
-            merge(Args::parse_from(base), FileConfig::default())
-                .unwrap()
-                .realtime
-        );
-        let flag = Args::parse_from(base.into_iter().chain(["--no-realtime"]));
-        assert!(!merge(flag, FileConfig::default()).unwrap().realtime);
-        let file: FileConfig = toml::from_str("realtime = false\n").unwrap();
-        assert!(!merge(Args::parse_from(base), file).unwrap().realtime);
     }
 }

@@ -24,8 +24,6 @@ pub(crate) struct FileConfig {
     pub(crate) max_peers_per_room: Option<usize>,
     pub(crate) max_connections_per_ip: Option<usize>,
     pub(crate) socket_buffer: Option<usize>,
-    /// `false` is `--no-realtime`.
-    pub(crate) realtime: Option<bool>,
     pub(crate) log_format: Option<LogFormat>,
 }
 

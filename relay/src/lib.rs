@@ -106,10 +106,6 @@ pub struct RelayConfig {
     /// Bigger absorbs longer bursts; smaller keeps a bulk flow from queueing milliseconds in
     /// front of everyone's latency-sensitive packets when the relay's CPU is the bottleneck.
     pub socket_buffer: usize,
-    /// Run the datapath thread at real-time priority where the system allows it
-    /// ([`lanparty_datapath::priority`]). The binary turns it on unless `--no-realtime`;
-    /// embedded relays (tests, benchmarks) leave it off.
-    pub realtime: bool,
 }
 
 /// The relay's default UDP socket buffer (256 KiB, chosen by `lanparty-perf bench relay`: the
@@ -135,7 +131,6 @@ impl RelayConfig {
             stats_interval: Duration::from_secs(5),
             handle_signals: false,
             socket_buffer: DEFAULT_SOCKET_BUFFER,
-            realtime: false,
         }
     }
 }
@@ -316,14 +311,9 @@ pub fn start(config: RelayConfig) -> anyhow::Result<RelayHandle> {
     )
     .context("starting the control thread")?;
     let room_config = config.room.clone();
-    let realtime = config.realtime;
     let datapath = std::thread::Builder::new()
         .name("relay-datapath".to_owned())
-        .spawn(move || {
-            let priority = lanparty_datapath::priority::apply_to_current_thread(realtime);
-            tracing::info!(%priority, "datapath thread started");
-            datapath::Datapath::new(runner, side, room_config).run()
-        })
+        .spawn(move || datapath::Datapath::new(runner, side, room_config).run())
         .context("starting the datapath thread")?;
     Ok(RelayHandle {
         local_addr,

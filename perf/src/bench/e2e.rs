@@ -195,8 +195,6 @@ pub(crate) struct Target {
 pub(crate) struct E2eReport {
     pub(crate) quick: bool,
     pub(crate) repeats: usize,
-    /// Whether softlan's datapath threads ran at their default real-time priority.
-    pub(crate) realtime: bool,
     plan: Plan,
     pub(crate) paths: Vec<PathResult>,
     pub(crate) targets: Vec<Target>,
@@ -225,7 +223,7 @@ pub(crate) fn run_e2e(opts: &RunOpts) -> anyhow::Result<Option<E2eReport>> {
             continue;
         }
         eprintln!("e2e: {}: building the lab", lab_kind.name());
-        let results = match measure_path(lab_kind, &plan, opts, &stop) {
+        let results = match measure_path(lab_kind, &plan, opts.repeats, &stop) {
             Ok(results) => results,
             // The lab itself failed: every path measured in it failed the same way.
             // The first path gets the error itself (it decides whether the run fails).
@@ -267,7 +265,6 @@ pub(crate) fn run_e2e(opts: &RunOpts) -> anyhow::Result<Option<E2eReport>> {
     let mut report = E2eReport {
         quick: opts.quick,
         repeats: opts.repeats,
-        realtime: opts.realtime,
         plan,
         paths,
         targets,
@@ -385,10 +382,9 @@ enum Tunnel {
 fn measure_path(
     kind: PathKind,
     plan: &Plan,
-    opts: &RunOpts,
+    repeats: usize,
     stop: &AtomicBool,
 ) -> anyhow::Result<Vec<(PathKind, anyhow::Result<PathResult>)>> {
-    let repeats = opts.repeats;
     let config = if kind == PathKind::Direct {
         LabConfig::direct()
     } else {
@@ -398,7 +394,7 @@ fn measure_path(
     let mut lab = Lab::build(&config, &mut progress, stop).context("building the lab")?;
     let tunnel = match kind {
         PathKind::Direct => Tunnel::None,
-        PathKind::Ours | PathKind::OursTun => Tunnel::Ours(start_ours(&mut lab, opts.realtime)?),
+        PathKind::Ours | PathKind::OursTun => Tunnel::Ours(start_ours(&mut lab)?),
         PathKind::OpenVpn => Tunnel::Vpn(vpn::start_openvpn(&mut lab)?),
         PathKind::Tinc => Tunnel::Vpn(vpn::start_tinc(&mut lab)?),
     };
@@ -423,14 +419,10 @@ fn measure_path(
 
 /// Starts our relay, gateway and clients in the lab (the lab waits until the player has its
 /// address from the party's DHCP server through the tunnel) and returns their PIDs.
-fn start_ours(lab: &mut Lab, realtime: bool) -> anyhow::Result<Vec<u32>> {
+fn start_ours(lab: &mut Lab) -> anyhow::Result<Vec<u32>> {
     let bins = TunnelBinaries::next_to_current_exe();
     let mut progress = |line: &str| eprintln!("e2e:   tunnel: {line}");
-    let settings = TunnelSettings {
-        realtime,
-        ..TunnelSettings::default()
-    };
-    match lab.start_tunnel_with(&bins, &settings, &mut progress) {
+    match lab.start_tunnel_with(&bins, &TunnelSettings::default(), &mut progress) {
         Ok(()) => {}
         Err(e @ LabError::TunnelNotWired) => return Err(e.into()),
         Err(e) => return Err(e).context("starting relay, gateway and clients"),
@@ -898,16 +890,11 @@ fn markdown(r: &E2eReport) -> String {
     let _ = writeln!(
         s,
         "### End to end: player → relay → gateway → LAN host ({} repeat(s), {} s per iperf3 run, \
-         {} pings idle and under load{}{})\n",
+         {} pings idle and under load{})\n",
         r.repeats,
         r.plan.iperf_secs,
         r.plan.ping_count,
-        if r.quick { ", quick" } else { "" },
-        if r.realtime {
-            ""
-        } else {
-            ", softlan with --no-realtime"
-        }
+        if r.quick { ", quick" } else { "" }
     );
     let _ = writeln!(
         s,
@@ -1166,7 +1153,6 @@ mod tests {
         let report = E2eReport {
             quick: true,
             repeats: 1,
-            realtime: true,
             plan: Plan::new(true),
             targets: targets(&paths),
             paths,

@@ -771,8 +771,6 @@ impl Lab {
                     log_format: LogFormat::Human,
                     idle_timeout: Duration::from_secs(30),
                     rx_ring,
-                    // Applied by the binary's main, not by `start`; CPU per frame is measured.
-                    realtime: false,
                 };
                 let bridge = self
                     .nic

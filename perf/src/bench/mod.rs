@@ -15,7 +15,7 @@ pub(crate) mod scale;
 pub(crate) mod udp_ref;
 pub(crate) mod vpn;
 
-/// Options every scenario takes.
+/// Options of the scenarios that repeat their measurements (`quic`, `gateway`, `e2e`).
 #[derive(Debug, Clone)]
 pub(crate) struct RunOpts {
     /// Small counts and short runs: checks that traffic flows and results are written.
@@ -24,9 +24,6 @@ pub(crate) struct RunOpts {
     pub(crate) repeats: usize,
     /// Where the scenario's Markdown and JSON go.
     pub(crate) out: PathBuf,
-    /// Start softlan's programs (e2e) at their default real-time datapath priority; `false`
-    /// passes `--no-realtime`, to see what the priority is worth.
-    pub(crate) realtime: bool,
 }
 
 impl RunOpts {
@@ -36,7 +33,6 @@ impl RunOpts {
             quick,
             repeats: repeats.unwrap_or(if quick { 1 } else { 3 }).max(1),
             out: out.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("out")),
-            realtime: true,
         }
     }
 }

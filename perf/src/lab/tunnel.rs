@@ -145,13 +145,10 @@ pub struct TunnelSettings {
     pub client_timeout: Duration,
     /// The gateway's `--idle-timeout` in seconds (`None`: the program's default of 30 s).
     pub gateway_idle_timeout: Option<u64>,
-    /// `false` starts every program with `--no-realtime` (datapath threads at normal priority).
-    pub realtime: bool,
 }
 
 impl Default for TunnelSettings {
-    /// A fixed lab secret, 10 s for the relay, 15 s for the gateway, 30 s for each client, the
-    /// programs' default (real-time) datapath priority.
+    /// A fixed lab secret, 10 s for the relay, 15 s for the gateway, 30 s for each client.
     fn default() -> Self {
         Self {
             secret: "lab-party-secret".into(),
@@ -159,7 +156,6 @@ impl Default for TunnelSettings {
             gateway_timeout: Duration::from_secs(15),
             client_timeout: Duration::from_secs(30),
             gateway_idle_timeout: None,
-            realtime: true,
         }
     }
 }
@@ -446,7 +442,7 @@ fn start_relay(
     settings: &TunnelSettings,
 ) -> Result<(LabProcess, String, [u8; 32]), LabError> {
     let addr = relay.wan_addr.unwrap_or(RELAY_ADDR);
-    let mut argv = vec![
+    let argv = [
         bins.relay.display().to_string(),
         "--listen".into(),
         format!("{addr}:{RELAY_PORT}"),
@@ -457,7 +453,6 @@ fn start_relay(
         "--metrics".into(),
         RELAY_METRICS.to_string(),
     ];
-    argv.extend(priority_args(settings));
     let mut process = LabProcess::spawn(&relay.ns, name, &argv, log_dir)?;
     let link = wait_until(
         "its join link on stdout",
@@ -497,13 +492,8 @@ fn stdout_line(log_dir: &Path, name: &str, prefix: &str) -> Option<String> {
 }
 
 /// The command line shared by the gateway and the clients: relay address, room and pin.
-fn peer_args(
-    program: &Path,
-    relay_addr: Ipv4Addr,
-    pin: &[u8; 32],
-    settings: &TunnelSettings,
-) -> Vec<String> {
-    let mut argv = vec![
+fn peer_args(program: &Path, relay_addr: Ipv4Addr, pin: &[u8; 32]) -> Vec<String> {
+    vec![
         program.display().to_string(),
         "--relay".into(),
         format!("{relay_addr}:{RELAY_PORT}"),
@@ -511,13 +501,7 @@ fn peer_args(
         ROOM.into(),
         "--pin".into(),
         fingerprint_hex(pin).replace(':', "").to_ascii_lowercase(),
-    ];
-    argv.extend(priority_args(settings));
-    argv
-}
-
-fn priority_args(settings: &TunnelSettings) -> Option<String> {
-    (!settings.realtime).then(|| "--no-realtime".to_owned())
+    ]
 }
 
 /// Starts the relay, the gateway and both clients of the tunnelled variant (see the module
@@ -554,7 +538,7 @@ pub fn start_tunnel(
     progress(&format!(
         "gateway: lanparty-gateway bridging lan0 into room {ROOM}"
     ));
-    let mut argv = peer_args(&bins.gateway, relay_addr, &pin, settings);
+    let mut argv = peer_args(&bins.gateway, relay_addr, &pin);
     argv.extend([
         "--interface".into(),
         nets.gateway.lan_if.clone().unwrap_or_else(|| "lan0".into()),
@@ -581,7 +565,7 @@ pub fn start_tunnel(
             "{role}: lanparty-client with a {} adapter {CLIENT_ADAPTER}",
             adapter.to_ascii_uppercase()
         ));
-        let mut argv = peer_args(&bins.client, relay_addr, &pin, settings);
+        let mut argv = peer_args(&bins.client, relay_addr, &pin);
         argv.extend([
             "--adapter".into(),
             adapter.into(),

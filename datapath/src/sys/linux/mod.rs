@@ -5,6 +5,5 @@
 
 pub mod afpacket;
 pub mod netns;
-pub mod sched;
 pub mod tuntap;
 pub mod uring;

@@ -1,3 +1,1 @@
 //! Windows system code.
-
-pub mod sched;
