@@ -68,18 +68,12 @@ fn main() -> anyhow::Result<()> {
             clients,
         } => {
             let all = matches!(scenario, Scenario::All);
+            let opts = bench::RunOpts::new(quick, repeats, out);
             if all || matches!(scenario, Scenario::Quic) {
-                bench::quic::run_quic(&bench::RunOpts::new(quick, repeats, out.clone()))?;
+                bench::quic::run_quic(&opts)?;
             }
             if all || matches!(scenario, Scenario::Relay) {
-                bench::relay::run(&bench::relay::Options {
-                    quick,
-                    repeat: if quick {
-                        1
-                    } else {
-                        repeats.unwrap_or(3).max(1)
-                    },
-                })?;
+                bench::relay::run(&opts)?;
             }
             if all || matches!(scenario, Scenario::Scale) {
                 bench::scale::run(&bench::scale::Options {
@@ -87,14 +81,14 @@ fn main() -> anyhow::Result<()> {
                     per_room: 10,
                     quick,
                     time_limit: Duration::from_secs(120),
+                    out: opts.out.clone(),
                 })?;
             }
             if all || matches!(scenario, Scenario::Gateway) {
-                let opts = bench::RunOpts::new(quick, repeats, out.clone());
                 bench::gateway::run_gateway(&opts)?;
             }
             if all || matches!(scenario, Scenario::E2e) {
-                bench::e2e::run_e2e(&bench::RunOpts::new(quick, repeats, out))?;
+                bench::e2e::run_e2e(&opts)?;
             }
             Ok(())
         }

@@ -15,7 +15,7 @@ pub(crate) mod scale;
 pub(crate) mod udp_ref;
 pub(crate) mod vpn;
 
-/// Options of the scenarios that repeat their measurements (`quic`, `gateway`, `e2e`).
+/// Options every scenario takes.
 #[derive(Debug, Clone)]
 pub(crate) struct RunOpts {
     /// Small counts and short runs: checks that traffic flows and results are written.

@@ -896,13 +896,6 @@ fn ping_loop(
     Ok(pings)
 }
 
-/// Options of `bench relay`.
-#[derive(Debug, Clone)]
-pub(crate) struct Options {
-    pub(crate) quick: bool,
-    pub(crate) repeat: usize,
-}
-
 /// Latency quantiles of one run, microseconds.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub(crate) struct LatencyRun {
@@ -981,8 +974,8 @@ fn key(kind: Kind, what: &str) -> String {
 }
 
 /// Runs `bench relay`: every scenario on both relays, `repeat` times; prints a Markdown table
-/// and writes it with the JSON under `perf/out/`.
-pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
+/// and writes it with the JSON to the output directory (`perf/out/` by default).
+pub(crate) fn run(opts: &super::RunOpts) -> anyhow::Result<()> {
     let (warmup, window, pings) = if opts.quick {
         (Duration::from_millis(300), Duration::from_millis(700), 200)
     } else {
@@ -990,14 +983,14 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     };
     let mut report = Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        repeat: opts.repeat,
+        repeat: opts.repeats,
         quick: opts.quick,
         window_s: window.as_secs_f64(),
         ping_count: pings,
         socket_buffer: socket_buffer(),
         ..Report::default()
     };
-    for rep in 0..opts.repeat {
+    for rep in 0..opts.repeats {
         for kind in [Kind::Ours, Kind::Quinn] {
             let relay = Relay::start(kind)?;
             if let Relay::Ours { handle, .. } = &relay {
@@ -1009,7 +1002,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
                 eprintln!(
                     "[{}/{}] {}: {what}: {:.0} frames/s, {:.2} Gbit/s, {:.0} relay ns/frame",
                     rep + 1,
-                    opts.repeat,
+                    opts.repeats,
                     kind.label(),
                     flow.frames_per_sec(),
                     flow.gbit_per_sec(),
@@ -1024,7 +1017,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
                 eprintln!(
                     "[{}/{}] {}: {what}: relay RTT p50 {:.0} µs p99 {:.0} µs, direct p50 {:.0} µs p99 {:.0} µs, added p50 {:.0} µs p99 {:.0} µs",
                     rep + 1,
-                    opts.repeat,
+                    opts.repeats,
                     kind.label(),
                     l.relay_rtt_p50_us,
                     l.relay_rtt_p99_us,
@@ -1048,8 +1041,8 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     summarize(&mut report);
     let md = markdown(&report);
     println!("{md}");
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("out");
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let out = &opts.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(
         out.join("relay.json"),
         serde_json::to_string_pretty(&report)?,

@@ -38,6 +38,8 @@ pub(crate) struct Options {
     pub(crate) per_room: usize,
     pub(crate) quick: bool,
     pub(crate) time_limit: Duration,
+    /// Where `scale.md` and `scale.json` go.
+    pub(crate) out: PathBuf,
 }
 
 /// What a scale run measured.
@@ -277,8 +279,8 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     };
     let md = markdown(&report);
     println!("{md}");
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("out");
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let out = &opts.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(
         out.join("scale.json"),
         serde_json::to_string_pretty(&report)?,
