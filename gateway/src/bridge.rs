@@ -15,8 +15,12 @@
 //!    is drained completely on every turn, so the io_uring backend's edge-triggered readiness
 //!    report for the ring fd can never be missed; sends are pushed to the UDP backend every
 //!    [`TRANSMIT_EVERY`] frames so a burst does not overflow QUIC's datagram queue.
-//! 4. Room → LAN: every frame from [`Uplink::poll_frame`] goes into a TX ring slot; one
-//!    [`PacketRing::flush`] per turn kicks the kernel for the whole batch.
+//! 4. Room → LAN: every frame from [`Uplink::poll_frame`] goes through a [`Coalescer`]:
+//!    in-order TCP segments of one flow that arrive back to back become one GSO super-frame,
+//!    sent through a [`VnetSender`] (the kernel hands it to the LAN as one socket buffer and
+//!    cuts it only where the NIC cannot); everything else goes into a TX ring slot. The ring is
+//!    kicked before each super-frame, so frames leave in the order they came, and once more at
+//!    the end of the turn for the whole batch.
 //! 5. Every [`STATS_INTERVAL`] the counters go to the relay as a stats message; every
 //!    [`LOG_INTERVAL`] they are logged at info level.
 //! 6. `uplink.transmit`, then sleep until a datagram, the ring fd, a timer, or at most
@@ -41,8 +45,9 @@ use std::time::{Duration, Instant};
 use lanparty_control::msg::{PeerInfo, Role, Stats};
 use lanparty_control::uplink::{Uplink, UplinkEvent};
 use lanparty_datapath::io::Interest;
+use lanparty_datapath::offload::{Coalescer, Link, Push, VNET_HDR_LEN, VnetHdr};
 use lanparty_datapath::switch::{LanFilter, LanVerdict};
-use lanparty_datapath::sys::afpacket::{PacketRing, TxError};
+use lanparty_datapath::sys::afpacket::{PacketRing, TxError, VnetSender};
 
 use crate::checksum::{Completion, complete_l4_checksum};
 
@@ -79,8 +84,14 @@ pub struct BridgeCounters {
     pub lan_checksums_completed: u64,
     /// Frames received from the room.
     pub room_frames: u64,
-    /// Room frames queued on the TX ring.
+    /// Room frames sent to the LAN (on the TX ring or inside a super-frame).
     pub room_to_lan: u64,
+    /// Room frames merged into a super-frame behind the first segment (each saves a send).
+    pub room_merged: u64,
+    /// GSO super-frames sent.
+    pub room_super_frames: u64,
+    /// Super-frames the kernel refused (their segments are lost).
+    pub room_super_frame_errors: u64,
     /// Room frames dropped because the TX ring stayed full.
     pub tx_ring_full: u64,
     /// Room frames dropped because they exceed the interface MTU.
@@ -96,6 +107,10 @@ pub struct Bridge {
     ring: PacketRing,
     filter: LanFilter,
     buf: Vec<u8>,
+    /// Merges room frames into super-frames; only used with `gso`.
+    co: Coalescer,
+    /// Sends super-frames; `None` when it could not be opened (every frame takes the ring).
+    gso: Option<VnetSender>,
     counters: BridgeCounters,
     room: String,
     status: String,
@@ -116,11 +131,20 @@ impl Bridge {
             .runner()
             .io()
             .watch_fd(ring.as_raw_fd(), RING_TOKEN, Interest::Readable)?;
+        let gso = match VnetSender::open_index(ring.ifindex()) {
+            Ok(gso) => Some(gso),
+            Err(e) => {
+                tracing::warn!(interface = ring.ifname(), error = %e, "no GSO super-frames to the LAN; every frame takes the ring");
+                None
+            }
+        };
         Ok(Self {
             uplink,
             ring,
             filter: LanFilter::new(),
             buf: vec![0; COPY_BUFFER],
+            co: Coalescer::new(Link::Ethernet),
+            gso,
             counters: BridgeCounters::default(),
             room: room.to_owned(),
             status: String::new(),
@@ -279,27 +303,81 @@ impl Bridge {
     fn room_to_lan(&mut self) {
         while let Some(frame) = self.uplink.poll_frame() {
             self.counters.room_frames += 1;
-            let mut result = self.ring.send(&frame);
-            if result == Err(TxError::RingFull) {
-                // Kick what is queued and try once more; the kick does not wait.
-                self.kick();
-                result = self.ring.send(&frame);
+            if self.gso.is_none() || frame.len() > self.ring.max_tx_frame() {
+                self.ring_send(&frame);
+                continue;
             }
-            match result {
-                Ok(()) => self.counters.room_to_lan += 1,
-                Err(TxError::TooLarge { .. }) => self.counters.tx_too_large += 1,
-                Err(_) => self.counters.tx_ring_full += 1,
+            let mut push = self.co.push(&frame);
+            if push == Push::Flush {
+                self.send_held();
+                push = self.co.push(&frame);
+            }
+            match push {
+                Push::Merged => {
+                    self.counters.room_merged += 1;
+                    self.counters.room_to_lan += 1;
+                }
+                Push::Held => self.counters.room_to_lan += 1,
+                // After a flush nothing is held, so `Flush` cannot come twice.
+                Push::Pass | Push::Flush => self.ring_send(&frame),
             }
         }
+        self.send_held();
         self.kick();
+    }
+
+    /// Queues `frame` on the TX ring, kicking the ring once if it is full.
+    fn ring_send(&mut self, frame: &[u8]) {
+        let mut result = self.ring.send(frame);
+        if result == Err(TxError::RingFull) {
+            // Kick what is queued and try once more; the kick does not wait.
+            self.kick();
+            result = self.ring.send(frame);
+        }
+        match result {
+            Ok(()) => self.counters.room_to_lan += 1,
+            Err(TxError::TooLarge { .. }) => self.counters.tx_too_large += 1,
+            Err(_) => self.counters.tx_ring_full += 1,
+        }
+    }
+
+    /// Sends what the coalescer holds: a lone segment on the TX ring (batched with the rest),
+    /// a super-frame through the GSO socket after the ring's queued frames.
+    fn send_held(&mut self) {
+        let Some(bytes) = self.co.take() else {
+            return;
+        };
+        let (hdr, frame) = bytes.split_at(VNET_HDR_LEN);
+        if hdr == VnetHdr::EMPTY.to_bytes() {
+            // Counted in `room_to_lan` when it was held.
+            if let Err(e) = self.ring.send(frame) {
+                // The ring had room when the segment was held unless a kick failed since.
+                self.counters.room_to_lan -= 1;
+                match e {
+                    TxError::TooLarge { .. } => self.counters.tx_too_large += 1,
+                    _ => self.counters.tx_ring_full += 1,
+                }
+            }
+            return;
+        }
+        if let Err(e) = self.ring.flush() {
+            note_kick_error(&mut self.counters, self.ring.ifname(), &e);
+        }
+        let Some(gso) = &self.gso else { return };
+        match gso.send(bytes) {
+            Ok(()) => self.counters.room_super_frames += 1,
+            Err(e) => {
+                if self.counters.room_super_frame_errors == 0 {
+                    tracing::warn!(interface = gso.ifname(), error = %e, "a GSO super-frame was refused (counted; said once)");
+                }
+                self.counters.room_super_frame_errors += 1;
+            }
+        }
     }
 
     fn kick(&mut self) {
         if let Err(e) = self.ring.flush() {
-            if self.counters.tx_kick_errors == 0 {
-                tracing::warn!(interface = self.ring.ifname(), error = %e, "tx ring kick failed");
-            }
-            self.counters.tx_kick_errors += 1;
+            note_kick_error(&mut self.counters, self.ring.ifname(), &e);
         }
     }
 
@@ -322,6 +400,7 @@ impl Bridge {
             ("lan_send_error", u.dropped_send_error),
             ("room_tx_ring_full", c.tx_ring_full),
             ("room_tx_too_large", c.tx_too_large),
+            ("room_super_frame_refused", c.room_super_frame_errors),
             ("room_reassembly", {
                 let r = self.uplink.reassembly_counters();
                 r.timed_out + r.dropped_memory + r.malformed
@@ -359,6 +438,8 @@ impl Bridge {
             lan_to_room_bytes = c.lan_forwarded_bytes,
             lan_checksums_completed = c.lan_checksums_completed,
             room_to_lan = c.room_to_lan,
+            room_super_frames = c.room_super_frames,
+            room_merged = c.room_merged,
             clients = self.filter.remote_count(),
             drops = %drops.join(" "),
             "counters"
@@ -377,4 +458,11 @@ impl Bridge {
         self.uplink.transmit(now)?;
         Ok(())
     }
+}
+
+fn note_kick_error(counters: &mut BridgeCounters, ifname: &str, e: &io::Error) {
+    if counters.tx_kick_errors == 0 {
+        tracing::warn!(interface = ifname, error = %e, "tx ring kick failed");
+    }
+    counters.tx_kick_errors += 1;
 }

@@ -355,7 +355,14 @@ fn setsockopt<T>(fd: BorrowedFd<'_>, level: i32, name: i32, value: &T) -> io::Re
 }
 
 /// Resolves and checks the interface, then binds `fd` to it for all protocols.
-fn bind_checked(fd: BorrowedFd<'_>, ifindex: u32, ifname: &str) -> Result<(), AfPacketError> {
+/// Binds to the interface after checking that it is up. `protocol` (network byte order) is
+/// what the socket receives: `ETH_P_ALL_BE` for every frame, 0 for none (send-only).
+fn bind_checked(
+    fd: BorrowedFd<'_>,
+    ifindex: u32,
+    ifname: &str,
+    protocol: u16,
+) -> Result<(), AfPacketError> {
     let io_err = |op| {
         move |source| AfPacketError::Io {
             op,
@@ -379,7 +386,7 @@ fn bind_checked(fd: BorrowedFd<'_>, ifindex: u32, ifname: &str) -> Result<(), Af
     // SAFETY: sockaddr_ll is plain old data.
     let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_ALL_BE;
+    sll.sll_protocol = protocol;
     sll.sll_ifindex = ifindex as i32;
     // SAFETY: `sll` is a valid sockaddr_ll of the stated length.
     let rc = unsafe {
@@ -626,7 +633,7 @@ impl PacketRing {
             )
         });
         drop(mem);
-        bind_checked(b, ifindex, &ifname)?;
+        bind_checked(b, ifindex, &ifname, ETH_P_ALL_BE)?;
         if let Some(tx) = tx.as_mut() {
             if vnet_hdr {
                 tx.use_vnet_hdr();
@@ -795,6 +802,71 @@ impl AsRawFd for PacketRing {
     }
 }
 
+/// A send-only packet socket for frames that lead with a `virtio_net_hdr` (`PACKET_VNET_HDR`):
+/// TCP super-frames with a GSO header, which the kernel passes down as one socket buffer and
+/// cuts to the MTU only where the device cannot (TSO, or software GSO just before the driver).
+/// A veth or bridge carries the super-frame whole to the receiving host's TCP stack.
+///
+/// Frames go straight to the device (`PACKET_QDISC_BYPASS`), like the [`PacketRing`]'s, so a
+/// caller that kicks the ring before each send keeps one order across both.
+#[derive(Debug)]
+pub struct VnetSender {
+    fd: OwnedFd,
+    ifname: String,
+}
+
+impl VnetSender {
+    /// Opens the socket on the interface with index `ifindex`.
+    ///
+    /// # Errors
+    ///
+    /// As [`PacketRing::open`].
+    pub fn open_index(ifindex: u32) -> Result<Self, AfPacketError> {
+        let ifname = if_name(ifindex)?;
+        let fd = packet_socket()?;
+        let b = fd.as_fd();
+        let one: libc::c_int = 1;
+        let io_err = |op| {
+            let ifname = ifname.clone();
+            move |source| AfPacketError::Io { op, ifname, source }
+        };
+        setsockopt(b, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)
+            .map_err(io_err("PACKET_VNET_HDR"))?;
+        setsockopt(b, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)
+            .map_err(io_err("PACKET_QDISC_BYPASS"))?;
+        bind_checked(b, ifindex, &ifname, 0)?;
+        Ok(Self { fd, ifname })
+    }
+
+    /// The interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// Sends one frame: `packet` is the 10-byte `virtio_net_hdr` followed by the frame.
+    ///
+    /// # Errors
+    ///
+    /// The error of `send(2)`: `EINVAL` for a header the kernel rejects, `EAGAIN`/`ENOBUFS`
+    /// when the device queue is full.
+    pub fn send(&self, packet: &[u8]) -> io::Result<()> {
+        // SAFETY: `packet` is a live buffer of `packet.len()` bytes for the duration of the call.
+        let rc = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Options of a [`PacketSocket`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketConfig {
@@ -893,7 +965,7 @@ impl PacketSocket {
             setsockopt(b, libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf)
                 .map_err(io_err("SO_RCVBUF"))?;
         }
-        bind_checked(b, ifindex, ifname)?;
+        bind_checked(b, ifindex, ifname, ETH_P_ALL_BE)?;
         if config.promiscuous {
             join_promiscuous(b, ifindex).map_err(io_err("PACKET_ADD_MEMBERSHIP promiscuous"))?;
         }
