@@ -739,15 +739,21 @@ fn ten_thousand_datagrams_of_mixed_sizes_arrive_intact_and_losses_are_counted() 
 }
 
 #[test]
-fn datagram_send_buffer_overflow_drops_the_oldest_and_counts() {
+fn a_full_send_buffer_drops_new_bulk_datagrams_and_lets_small_ones_in() {
     let (mut net, client, _) = pair(6);
     // Batches travel whole and are split again by the receiver (GSO out, GRO in).
     net.gro = true;
     handshake(&mut net, CLIENT);
-    // 200 datagrams of 1000 bytes, far more than the 64 KiB send buffer, queued at one instant.
+    // 200 bulk datagrams of 1000 bytes, far more than the 64 KiB send buffer, then 20 small
+    // ones (a game's packets behind a download), all queued at one instant.
     for seq in 0..200 {
         net.driver(CLIENT)
             .send_datagram(client, payload(seq, 1000))
+            .unwrap();
+    }
+    for seq in 1000..1020 {
+        net.driver(CLIENT)
+            .send_datagram(client, payload(seq, 100))
             .unwrap();
     }
     net.run_for(Duration::from_secs(1));
@@ -758,10 +764,21 @@ fn datagram_send_buffer_overflow_drops_the_oldest_and_counts() {
     let stats = net.driver(CLIENT).stats(client).unwrap();
     let dropped = stats.datagrams_dropped_tx;
     assert!(dropped > 100, "only {dropped} dropped");
-    assert_eq!(received.len() as u64 + dropped, 200, "the link is lossless");
-    // The survivors are the newest ones.
-    let first_kept = 200 - received.len() as u32;
-    assert_eq!(received, (first_kept..200).collect::<BTreeSet<_>>());
+    assert_eq!(received.len() as u64 + dropped, 220, "the link is lossless");
+    // Every small one got in; of the bulk, the ones queued first that the small ones did not
+    // push out: a run of consecutive sequence numbers, the newest bulk dropped.
+    assert!(
+        (1000..1020).all(|seq| received.contains(&seq)),
+        "{received:?}"
+    );
+    let bulk: Vec<u32> = received.iter().copied().filter(|&s| s < 200).collect();
+    assert!(!bulk.is_empty() && bulk.len() < 100, "{bulk:?}");
+    let first = bulk[0];
+    assert_eq!(bulk, (first..first + bulk.len() as u32).collect::<Vec<_>>());
+    assert!(
+        first + (bulk.len() as u32) < 150,
+        "the newest bulk was dropped: {bulk:?}"
+    );
     let reported: u64 = net
         .events(CLIENT)
         .iter()

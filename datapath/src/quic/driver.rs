@@ -255,6 +255,11 @@ pub enum ControlError {
 /// quinn's per-datagram bookkeeping overhead, which counts against the send buffer.
 const DATAGRAM_OVERHEAD: usize = size_of::<quinn_proto::Datagram>();
 
+/// Datagrams up to this size may push older ones out of a full send buffer; larger ones are
+/// dropped themselves ([`Driver::send_datagram`]). 512 bytes holds game state updates, TCP
+/// ACKs, DNS, ICMP echo and VoIP frames; bulk TCP and file transfers send full-size frames.
+pub const SMALL_DATAGRAM: usize = 512;
+
 /// A mirror of quinn's outgoing DATAGRAM FIFO, holding only lengths, so that drop-oldest can be
 /// counted: quinn-proto 0.11 drops silently. Pops happen where quinn pops: on transmission
 /// (tracked through `frame_tx.datagram`) and in `send` with `drop = true`.
@@ -859,9 +864,13 @@ impl Driver {
         Some(event)
     }
 
-    /// Queues a DATAGRAM on `conn`. When the send buffer is full the oldest queued datagrams are
-    /// dropped to make room, counted in [`ConnStats::datagrams_dropped_tx`] and reported by
-    /// [`Event::DatagramsDropped`].
+    /// Queues a DATAGRAM on `conn`. When the send buffer is full (congestion control holds
+    /// back what is queued) something is dropped, counted in
+    /// [`ConnStats::datagrams_dropped_tx`] and reported by [`Event::DatagramsDropped`]: a
+    /// datagram larger than [`SMALL_DATAGRAM`] (bulk) is dropped itself, a small one (a game
+    /// packet, a TCP ACK, a ping) pushes out the oldest queued datagrams instead. A bulk flow
+    /// that fills the buffer then loses its own newest frames, and the small frames of
+    /// everyone else still get through.
     ///
     /// # Errors
     ///
@@ -882,6 +891,15 @@ impl Driver {
         let len = data.len();
         let space = state.conn.datagrams().send_buffer_space();
         state.shadow.resync(capacity, space);
+        if len > SMALL_DATAGRAM && space < len && len <= capacity {
+            state.dropped_tx += 1;
+            self.counters.datagrams_dropped_tx += 1;
+            if state.drops_unreported == 0 {
+                self.drop_reports.push_back(conn);
+            }
+            state.drops_unreported += 1;
+            return Ok(());
+        }
         match state.conn.datagrams().send(data, true) {
             Ok(()) => {
                 mark_transmit(&mut self.transmit_queue, state, conn.index());

@@ -48,7 +48,7 @@ pub mod tls;
 pub use config::{AckFrequency, DriverConfig, TransportSettings};
 pub use driver::{
     CLOSE_HANDSHAKE_TIMEOUT, CloseCause, ConnId, ConnStats, ConnectError, ControlError,
-    DatagramError, Driver, DriverCounters, Event, PeerIdentity, STREAM_REFUSED,
+    DatagramError, Driver, DriverCounters, Event, PeerIdentity, SMALL_DATAGRAM, STREAM_REFUSED,
 };
 /// The quinn-proto types that appear in the driver's API, so callers need not depend on it.
 pub use quinn_proto::{ClientConfig, ConnectionError, ConnectionHandle};
