@@ -472,3 +472,108 @@ fn udp_and_tcp_from_a_host_with_checksum_offload_reach_the_client_with_valid_che
         }
     }
 }
+
+/// An IPv4 TCP segment of a bulk flow from the player (198.18.0.50:40000) to H1
+/// (198.18.0.11:5201), ACK set, checksums valid.
+fn tcp_segment(seq: u32, data: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2(CLIENT.0, H1.0)
+        .ipv4([198, 18, 0, 50], [198, 18, 0, 11], 64)
+        .tcp(40000, 5201, seq, 64240)
+        .ack(1)
+        .write(&mut f, data)
+        .unwrap();
+    f
+}
+
+#[test]
+fn in_order_tcp_segments_reach_the_lan_as_super_frames_in_order() {
+    if !require_root("in_order_tcp_segments_reach_the_lan_as_super_frames_in_order") {
+        return;
+    }
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let mut party = Party::start("gwgso");
+    let mut h1 = party.lan.ns.run_in(|| {
+        let config = lanparty_datapath::sys::afpacket::SocketConfig {
+            snaplen: 65536 + 64,
+            batch: 16,
+            ..Default::default()
+        };
+        lanparty_datapath::sys::afpacket::PacketSocket::open("lph1", &config)
+    })
+    .unwrap()
+    .unwrap();
+    // Two runs of 12 segments of one flow with a UDP datagram between them, sent at once: the
+    // gateway merges each run and must keep the datagram between the two.
+    const SEGMENT: usize = 1000;
+    let data = payload(b"bulk", 24 * SEGMENT);
+    let seq0 = 7_000_000u32;
+    let mut udp_frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(CLIENT.0, H1.0)
+        .ipv4([198, 18, 0, 50], [198, 18, 0, 11], 64)
+        .udp(40001, 27015)
+        .write(&mut udp_frame, b"between the runs")
+        .unwrap();
+    for (i, chunk) in data.chunks(SEGMENT).enumerate() {
+        if i == 12 {
+            party.player.send(&udp_frame);
+        }
+        party
+            .player
+            .send(&tcp_segment(seq0 + (i * SEGMENT) as u32, chunk));
+    }
+    party.player.pump_for(Duration::from_millis(20));
+
+    // What H1 receives, in order: TCP payload by sequence number, where the UDP datagram came,
+    // and the largest frame.
+    let mut got = vec![0u8; data.len()];
+    let mut covered = 0;
+    let mut order = Vec::new();
+    let mut largest = 0;
+    let deadline = Instant::now() + WAIT;
+    while covered < data.len() && Instant::now() < deadline {
+        party.player.pump_for(Duration::from_millis(10));
+        while h1.recv_batch().unwrap() > 0 {
+            for f in h1.frames() {
+                let Ok(p) = SlicedPacket::from_ethernet(f) else {
+                    continue;
+                };
+                let Some(NetSlice::Ipv4(ip)) = p.net.as_ref() else {
+                    continue;
+                };
+                if ip.header().source() != [198, 18, 0, 50] {
+                    continue;
+                }
+                assert_eq!(
+                    ip.header().header_checksum(),
+                    ip.header().to_header().calc_header_checksum(),
+                    "IPv4 header checksum"
+                );
+                match p.transport.as_ref() {
+                    Some(TransportSlice::Tcp(t)) => {
+                        let at = t.sequence_number().wrapping_sub(seq0) as usize;
+                        got[at..at + t.payload().len()].copy_from_slice(t.payload());
+                        covered += t.payload().len();
+                        largest = largest.max(f.len());
+                        order.push(at + t.payload().len());
+                    }
+                    Some(TransportSlice::Udp(_)) => order.push(usize::MAX),
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert_eq!(covered, data.len(), "every byte once");
+    assert!(got == data, "the bytes arrive unchanged");
+    assert!(
+        largest > 1514,
+        "segments were merged into GSO super-frames (largest frame {largest} bytes)"
+    );
+    // The datagram left after everything of the first run and before anything of the second.
+    let udp_at = order.iter().position(|&o| o == usize::MAX).expect("the UDP datagram");
+    assert!(
+        order[..udp_at].iter().all(|&end| end <= 12 * SEGMENT)
+            && order[udp_at + 1..].iter().all(|&end| end > 12 * SEGMENT),
+        "order of arrival (end offsets, MAX = UDP): {order:?}"
+    );
+}
