@@ -493,16 +493,19 @@ fn in_order_tcp_segments_reach_the_lan_as_super_frames_in_order() {
     }
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let mut party = Party::start("gwgso");
-    let mut h1 = party.lan.ns.run_in(|| {
-        let config = lanparty_datapath::sys::afpacket::SocketConfig {
-            snaplen: 65536 + 64,
-            batch: 16,
-            ..Default::default()
-        };
-        lanparty_datapath::sys::afpacket::PacketSocket::open("lph1", &config)
-    })
-    .unwrap()
-    .unwrap();
+    let mut h1 = party
+        .lan
+        .ns
+        .run_in(|| {
+            let config = lanparty_datapath::sys::afpacket::SocketConfig {
+                snaplen: 65536 + 64,
+                batch: 16,
+                ..Default::default()
+            };
+            lanparty_datapath::sys::afpacket::PacketSocket::open("lph1", &config)
+        })
+        .unwrap()
+        .unwrap();
     // Two runs of 12 segments of one flow with a UDP datagram between them, sent at once: the
     // gateway merges each run and must keep the datagram between the two.
     const SEGMENT: usize = 1000;
@@ -570,7 +573,10 @@ fn in_order_tcp_segments_reach_the_lan_as_super_frames_in_order() {
         "segments were merged into GSO super-frames (largest frame {largest} bytes)"
     );
     // The datagram left after everything of the first run and before anything of the second.
-    let udp_at = order.iter().position(|&o| o == usize::MAX).expect("the UDP datagram");
+    let udp_at = order
+        .iter()
+        .position(|&o| o == usize::MAX)
+        .expect("the UDP datagram");
     assert!(
         order[..udp_at].iter().all(|&end| end <= 12 * SEGMENT)
             && order[udp_at + 1..].iter().all(|&end| end > 12 * SEGMENT),
