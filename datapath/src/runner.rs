@@ -101,18 +101,10 @@ impl Runner {
     /// delivered in the 64-byte benchmark. What is left stays in the backend, whose `wait`
     /// returns at once while it holds received batches, so the next turn picks it up.
     pub fn receive(&mut self, now: Instant) -> usize {
-        let limit = self.driver.config().max_queued_datagrams / 2;
-        self.receive_at_most(now, limit)
-    }
-
-    /// [`Self::receive`], stopping once `events` DATAGRAM events wait in the driver (with none
-    /// waiting, at least one batch is handled). A loop that forwards what it receives can take a long
-    /// backlog in slices and transmit after each, so the first datagrams of the backlog do
-    /// not wait for the last ones to be processed.
-    pub fn receive_at_most(&mut self, now: Instant, events: usize) -> usize {
         self.stalled = false;
         let mut batches = 0;
-        let limit = events.max(1);
+        // At least one batch per turn, whatever the configured queue size.
+        let limit = (self.driver.config().max_queued_datagrams / 2).max(1);
         while self.driver.queued_datagram_events() < limit {
             let Some((meta, data)) = self.io.poll_recv() else {
                 break;

@@ -297,11 +297,6 @@ impl Bridge {
                 }
             }
         }
-        if since_transmit > 0 {
-            // Before the room's frames are handed to the LAN, which can take a while under a
-            // bulk flow: a reply or an ACK from the LAN should not wait for that.
-            self.uplink.transmit(now)?;
-        }
         Ok(())
     }
 

@@ -84,12 +84,6 @@ pub(crate) struct Datapath {
 
 /// How often rooms compare their members' DATAGRAM sizes (PMTUD moves them rarely).
 const PATH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// DATAGRAM events forwarded between two transmits when a backlog is read (about 0.5 ms of
-/// forwarding at 2 µs per frame).
-const RECEIVE_SLICE: usize = 256;
-/// Slices per turn: a turn reads at most 2 048 events, as a single `receive` did, before it
-/// looks at commands and timers again.
-const RECEIVE_SLICES: usize = 8;
 
 impl Datapath {
     pub(crate) fn new(
@@ -127,18 +121,8 @@ impl Datapath {
     pub(crate) fn run(mut self) -> std::io::Result<()> {
         loop {
             let now = Instant::now();
-            // A backlog (the thread was descheduled while a bulk flow kept arriving) is taken
-            // in slices, each forwarded and sent before the next is read: a ping or an ACK
-            // that arrived early in the backlog leaves after its slice, not after all of it.
-            for _ in 0..RECEIVE_SLICES {
-                let batches = self.runner.receive_at_most(now, RECEIVE_SLICE);
-                let more = self.runner.driver_ref().queued_datagram_events() >= RECEIVE_SLICE;
-                self.drain_events(now);
-                if batches == 0 || !more {
-                    break;
-                }
-                self.runner.transmit(now)?;
-            }
+            self.runner.receive(now);
+            self.drain_events(now);
             self.handle_commands(now);
             self.handle_timers(now);
             // Commands and timers may have closed connections: report those in this turn,
