@@ -304,7 +304,7 @@ impl Bridge {
         while let Some(frame) = self.uplink.poll_frame() {
             self.counters.room_frames += 1;
             if self.gso.is_none() || frame.len() > self.ring.max_tx_frame() {
-                self.ring_send(&frame);
+                ring_send(&mut self.ring, &mut self.counters, &frame);
                 continue;
             }
             let mut push = self.co.push(&frame);
@@ -317,28 +317,14 @@ impl Bridge {
                     self.counters.room_merged += 1;
                     self.counters.room_to_lan += 1;
                 }
-                Push::Held => self.counters.room_to_lan += 1,
+                // Counted when it is sent.
+                Push::Held => {}
                 // After a flush nothing is held, so `Flush` cannot come twice.
-                Push::Pass | Push::Flush => self.ring_send(&frame),
+                Push::Pass | Push::Flush => ring_send(&mut self.ring, &mut self.counters, &frame),
             }
         }
         self.send_held();
         self.kick();
-    }
-
-    /// Queues `frame` on the TX ring, kicking the ring once if it is full.
-    fn ring_send(&mut self, frame: &[u8]) {
-        let mut result = self.ring.send(frame);
-        if result == Err(TxError::RingFull) {
-            // Kick what is queued and try once more; the kick does not wait.
-            self.kick();
-            result = self.ring.send(frame);
-        }
-        match result {
-            Ok(()) => self.counters.room_to_lan += 1,
-            Err(TxError::TooLarge { .. }) => self.counters.tx_too_large += 1,
-            Err(_) => self.counters.tx_ring_full += 1,
-        }
     }
 
     /// Sends what the coalescer holds: a lone segment on the TX ring (batched with the rest),
@@ -349,15 +335,7 @@ impl Bridge {
         };
         let (hdr, frame) = bytes.split_at(VNET_HDR_LEN);
         if hdr == VnetHdr::EMPTY.to_bytes() {
-            // Counted in `room_to_lan` when it was held.
-            if let Err(e) = self.ring.send(frame) {
-                // The ring had room when the segment was held unless a kick failed since.
-                self.counters.room_to_lan -= 1;
-                match e {
-                    TxError::TooLarge { .. } => self.counters.tx_too_large += 1,
-                    _ => self.counters.tx_ring_full += 1,
-                }
-            }
+            ring_send(&mut self.ring, &mut self.counters, frame);
             return;
         }
         if let Err(e) = self.ring.flush() {
@@ -365,7 +343,11 @@ impl Bridge {
         }
         let Some(gso) = &self.gso else { return };
         match gso.send(bytes) {
-            Ok(()) => self.counters.room_super_frames += 1,
+            Ok(()) => {
+                // The first segment; the merged ones were counted as they merged.
+                self.counters.room_to_lan += 1;
+                self.counters.room_super_frames += 1;
+            }
             Err(e) => {
                 if self.counters.room_super_frame_errors == 0 {
                     tracing::warn!(interface = gso.ifname(), error = %e, "a GSO super-frame was refused (counted; said once)");
@@ -465,4 +447,21 @@ fn note_kick_error(counters: &mut BridgeCounters, ifname: &str, e: &io::Error) {
         tracing::warn!(interface = ifname, error = %e, "tx ring kick failed");
     }
     counters.tx_kick_errors += 1;
+}
+
+/// Queues `frame` on the TX ring, kicking the ring once if it is full.
+fn ring_send(ring: &mut PacketRing, counters: &mut BridgeCounters, frame: &[u8]) {
+    let mut result = ring.send(frame);
+    if result == Err(TxError::RingFull) {
+        // Kick what is queued and try once more; the kick does not wait.
+        if let Err(e) = ring.flush() {
+            note_kick_error(counters, ring.ifname(), &e);
+        }
+        result = ring.send(frame);
+    }
+    match result {
+        Ok(()) => counters.room_to_lan += 1,
+        Err(TxError::TooLarge { .. }) => counters.tx_too_large += 1,
+        Err(_) => counters.tx_ring_full += 1,
+    }
 }
