@@ -46,14 +46,12 @@
 //! (4 MiB) unless the caller passes another ([`open_best_with`], [`PortableUdp::bind_with`],
 //! `UringConfig::socket_buffer`). The size trades burst tolerance against latency. A big buffer
 //! holds a burst while the loop is busy (4 MiB is about 2 900 full-size datagrams, 13 ms at
-//! 2.5 Gbit/s): a quinn-udp endpoint receiving a flood of small datagrams loses them with
-//! 256 KiB (the `quic_loopback` flood test loses 2 %), so 4 MiB stays its default. But when
-//! the loop's CPU is the bottleneck, a bulk sender keeps a big buffer full and every other
-//! datagram (a game's ping) waits behind all of it: a relay with 4 MiB queued ~1 800 datagrams
-//! in front of each ping (p99 added latency up to 9.9 ms), so the relay asks for 256 KiB by
-//! default (`--socket-buffer`; perf/RESULTS.md, "Relay"), and so does [`open_best`] for the
-//! gateway and the client when it opens io_uring ([`URING_ENDPOINT_SOCKET_BUFFER`]; lab, bulk
-//! TCP through the tunnel: median loaded round trip 1.8 → 1.3 ms, same throughput). The kernel
+//! 2.5 Gbit/s): an endpoint (gateway, client) receiving a flood of small datagrams loses them
+//! with 256 KiB (the `quic_loopback` flood test loses 2 % on the quinn-udp backend), so 4 MiB
+//! stays the default. But when the loop's CPU is the bottleneck, a bulk sender keeps a big
+//! buffer full and every other datagram (a game's ping) waits behind all of it: a relay with
+//! 4 MiB queued ~1 800 datagrams in front of each ping (p99 added latency up to 9.9 ms), so the
+//! relay asks for 256 KiB by default (`--socket-buffer`; perf/RESULTS.md, "Relay"). The kernel
 //! caps the request at `net.core.rmem_max`/`wmem_max`; the cap is logged once at open with the
 //! sysctl to raise.
 
@@ -296,7 +294,7 @@ pub trait UdpBackend: Send + fmt::Debug {
 ///
 /// When the socket cannot be opened or bound (for example the address is in use).
 pub fn open_best(addr: SocketAddr) -> io::Result<Box<dyn UdpBackend>> {
-    open_best_sized(addr, URING_ENDPOINT_SOCKET_BUFFER, SOCKET_BUFFER_BYTES)
+    open_best_with(addr, SOCKET_BUFFER_BYTES)
 }
 
 /// [`open_best`] with `socket_buffer` bytes of kernel send and receive buffer instead of
@@ -306,19 +304,10 @@ pub fn open_best(addr: SocketAddr) -> io::Result<Box<dyn UdpBackend>> {
 ///
 /// When the socket cannot be opened or bound (for example the address is in use).
 pub fn open_best_with(addr: SocketAddr, socket_buffer: usize) -> io::Result<Box<dyn UdpBackend>> {
-    open_best_sized(addr, socket_buffer, socket_buffer)
-}
-
-/// [`open_best`] with one buffer size for io_uring and another for the quinn-udp fallback.
-fn open_best_sized(
-    addr: SocketAddr,
-    uring_buffer: usize,
-    portable_buffer: usize,
-) -> io::Result<Box<dyn UdpBackend>> {
     #[cfg(target_os = "linux")]
     {
         let config = UringConfig {
-            socket_buffer: uring_buffer,
+            socket_buffer,
             ..UringConfig::default()
         };
         match crate::sys::uring::probe() {
@@ -334,19 +323,12 @@ fn open_best_sized(
             }
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = uring_buffer;
-    Ok(Box::new(PortableUdp::bind_with(addr, portable_buffer)?))
+    Ok(Box::new(PortableUdp::bind_with(addr, socket_buffer)?))
 }
 
 /// Default send and receive buffer size both backends ask the kernel for (see the module
-/// docs for the trade; the relay, and [`open_best`] on io_uring, ask for less).
+/// docs for the trade; the relay asks for less).
 pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
-
-/// The buffer [`open_best`] asks for when it opens io_uring (gateway and client), the relay's
-/// default too: io_uring reads the socket out in large batches, so a small buffer loses
-/// nothing to floods, and under a bulk flow it keeps less queued in front of everyone else.
-pub const URING_ENDPOINT_SOCKET_BUFFER: usize = 256 << 10;
 
 /// Capacity of the buffers [`UdpBackend::send_buffer`] hands out: the largest GSO batch.
 pub const SEND_BUFFER_CAPACITY: usize = 64 << 10;
