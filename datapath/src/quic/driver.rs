@@ -260,6 +260,22 @@ const DATAGRAM_OVERHEAD: usize = size_of::<quinn_proto::Datagram>();
 /// ACKs, DNS, ICMP echo and VoIP frames; bulk TCP and file transfers send full-size frames.
 pub const SMALL_DATAGRAM: usize = 512;
 
+/// Counts `n` outgoing DATAGRAMs dropped on `conn` and queues one drop report for it.
+fn count_tx_drops(
+    state: &mut Conn,
+    counters: &mut DriverCounters,
+    reports: &mut VecDeque<ConnId>,
+    conn: ConnId,
+    n: u64,
+) {
+    state.dropped_tx += n;
+    counters.datagrams_dropped_tx += n;
+    if state.drops_unreported == 0 {
+        reports.push_back(conn);
+    }
+    state.drops_unreported += n;
+}
+
 /// A mirror of quinn's outgoing DATAGRAM FIFO, holding only lengths, so that drop-oldest can be
 /// counted: quinn-proto 0.11 drops silently. Pops happen where quinn pops: on transmission
 /// (tracked through `frame_tx.datagram`) and in `send` with `drop = true`.
@@ -892,12 +908,7 @@ impl Driver {
         let space = state.conn.datagrams().send_buffer_space();
         state.shadow.resync(capacity, space);
         if len > SMALL_DATAGRAM && space < len && len <= capacity {
-            state.dropped_tx += 1;
-            self.counters.datagrams_dropped_tx += 1;
-            if state.drops_unreported == 0 {
-                self.drop_reports.push_back(conn);
-            }
-            state.drops_unreported += 1;
+            count_tx_drops(state, &mut self.counters, &mut self.drop_reports, conn, 1);
             return Ok(());
         }
         match state.conn.datagrams().send(data, true) {
@@ -905,12 +916,8 @@ impl Driver {
                 mark_transmit(&mut self.transmit_queue, state, conn.index());
                 let dropped = state.shadow.push(len, capacity);
                 if dropped > 0 {
-                    state.dropped_tx += dropped;
-                    self.counters.datagrams_dropped_tx += dropped;
-                    if state.drops_unreported == 0 {
-                        self.drop_reports.push_back(conn);
-                    }
-                    state.drops_unreported += dropped;
+                    let reports = &mut self.drop_reports;
+                    count_tx_drops(state, &mut self.counters, reports, conn, dropped);
                 }
                 Ok(())
             }
