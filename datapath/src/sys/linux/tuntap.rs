@@ -512,14 +512,7 @@ impl TunTap {
     pub fn write(&self, frame: &[u8]) -> io::Result<bool> {
         // SAFETY: `frame` is valid for reads of its length.
         let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            return match err.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
-                _ => Err(err),
-            };
-        }
-        Ok(true)
+        write_outcome(n)
     }
 
     /// Writes one frame made of `head` followed by `body` (a virtio-net header and a frame)
@@ -542,14 +535,7 @@ impl TunTap {
         ];
         // SAFETY: both iovecs point at live slices of their lengths; writev only reads them.
         let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            return match err.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
-                _ => Err(err),
-            };
-        }
-        Ok(true)
+        write_outcome(n)
     }
 
     /// Waits up to `timeout` for a frame to become readable. Returns whether one did.
@@ -633,3 +619,16 @@ impl AsRawFd for TunTap {
 // `ifreq_for` is shared with the AF_PACKET code; make sure the types it builds are what the
 // tun ioctls expect.
 const _: () = assert!(size_of::<libc::ifreq>() == 40);
+
+/// What a non-blocking `write`/`writev` that returned `n` means: `Ok(false)` when the device
+/// cannot take the frame now.
+fn write_outcome(n: isize) -> io::Result<bool> {
+    if n >= 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
+        _ => Err(err),
+    }
+}
