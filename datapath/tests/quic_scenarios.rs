@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use lanparty_datapath::quic::tls::{self, ClientTrust, Fingerprint, ServerIdentity};
 use lanparty_datapath::quic::{
     AckFrequency, CloseCause, ConnId, Driver, DriverConfig, Event, RecvMeta, TransmitMeta,
+    WindowBound,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -79,6 +80,47 @@ struct Net {
     in_flight: Vec<InFlight>,
     seq: u64,
     lost: u64,
+    /// A rate-limited link with a FIFO buffer in front of every packet (no GRO batches).
+    bottleneck: Option<Bottleneck>,
+}
+
+/// One FIFO link shared by all packets: each leaves after those queued before it, at `rate`;
+/// a packet that finds `buffer` bytes queued is dropped, as a router's tail drop does.
+struct Bottleneck {
+    /// Only packets to this address take the link.
+    to: SocketAddr,
+    rate: f64,
+    buffer: usize,
+    /// When the last queued packet will have left.
+    free_at: Instant,
+    drops: u64,
+    /// The longest wait any packet had in the queue since this was last reset.
+    max_wait: Duration,
+}
+
+impl Bottleneck {
+    fn new(to: SocketAddr, bits_per_second: f64, buffer: usize, now: Instant) -> Self {
+        Self {
+            to,
+            rate: bits_per_second / 8.0,
+            buffer,
+            free_at: now,
+            drops: 0,
+            max_wait: Duration::ZERO,
+        }
+    }
+
+    /// When a packet of `len` bytes sent at `now` has crossed the link, or `None` if dropped.
+    fn pass(&mut self, now: Instant, len: usize) -> Option<Instant> {
+        let wait = self.free_at.saturating_duration_since(now);
+        if wait.as_secs_f64() * self.rate + len as f64 > self.buffer as f64 {
+            self.drops += 1;
+            return None;
+        }
+        self.max_wait = self.max_wait.max(wait);
+        self.free_at = now.max(self.free_at) + Duration::from_secs_f64(len as f64 / self.rate);
+        Some(self.free_at)
+    }
 }
 
 impl Net {
@@ -97,6 +139,7 @@ impl Net {
             in_flight: Vec::new(),
             seq: 0,
             lost: 0,
+            bottleneck: None,
         }
     }
 
@@ -158,7 +201,7 @@ impl Net {
     fn send_batch(&mut self, from: SocketAddr, meta: TransmitMeta, buf: &[u8]) {
         assert_eq!(meta.len, buf.len());
         let segment = meta.segment_size.unwrap_or(buf.len()).max(1);
-        if self.gro && self.hook.is_none() && self.loss == 0.0 {
+        if self.gro && self.hook.is_none() && self.loss == 0.0 && self.bottleneck.is_none() {
             self.seq += 1;
             self.in_flight.push(InFlight {
                 at: self.now + self.latency,
@@ -186,10 +229,19 @@ impl Net {
                 } else {
                     self.jitter.mul_f64(self.rng.random::<f64>())
                 };
+                let sent = match self.bottleneck.as_mut() {
+                    Some(link) if link.to == meta.destination => {
+                        match link.pass(self.now, data.len()) {
+                            Some(left) => left,
+                            None => continue,
+                        }
+                    }
+                    _ => self.now,
+                };
                 self.seq += 1;
                 let stride = data.len();
                 self.in_flight.push(InFlight {
-                    at: self.now + self.latency + extra,
+                    at: sent + self.latency + extra,
                     seq: self.seq,
                     from,
                     to: meta.destination,
@@ -1294,5 +1346,84 @@ fn losses_are_still_detected_when_acks_are_sparse() {
         "{} of {count} arrived with sparse ACKs, {} with QUIC's default",
         received.len(),
         default_received.len()
+    );
+}
+
+/// A client sends 1200-byte datagrams at twice the rate of a 100 Mbit/s bottleneck with a
+/// 2 MB buffer (160 ms) and a 20 ms round trip, for 4 s. Returns the longest wait in the
+/// bottleneck's queue and the goodput during the last 2 s (bytes per second).
+fn bulk_over_bottleneck(bound: Option<WindowBound>) -> (Duration, f64) {
+    let mut net = Net::new(31);
+    net.latency = Duration::from_millis(10);
+    let mut server_config = config(1);
+    server_config.transport.window_bound = bound;
+    let (server, fingerprint) = server(server_config);
+    net.add_driver(SERVER, server);
+    let mut client_config = config(2);
+    client_config.transport.window_bound = bound;
+    let mut driver = Driver::new(client_config, None);
+    let client = driver
+        .connect(
+            net.now,
+            SERVER,
+            "relay.test",
+            tls::client_config(&ClientTrust::Pinned(fingerprint)).unwrap(),
+        )
+        .unwrap();
+    net.add_driver(CLIENT, driver);
+    handshake(&mut net, CLIENT);
+    net.bottleneck = Some(Bottleneck::new(SERVER, 100e6, 2_000_000, net.now));
+    let mut received = 0usize;
+    let step = Duration::from_millis(1);
+    for ms in 0..4000u32 {
+        if ms == 2000 {
+            received = 0;
+            net.bottleneck.as_mut().unwrap().max_wait = Duration::ZERO;
+        }
+        // 25 MB/s offered; what the send buffer cannot hold is dropped there.
+        for i in 0..21 {
+            let _ = net
+                .driver(CLIENT)
+                .send_datagram(client, payload(ms * 32 + i, 1200));
+        }
+        let end = net.now + step;
+        while net.now < end {
+            net.settle();
+            if !net.advance() {
+                break;
+            }
+            net.now = net.now.min(end);
+        }
+        net.now = end;
+        net.settle();
+        received += take_datagrams(net.events(SERVER))
+            .iter()
+            .map(|d| d.len())
+            .sum::<usize>();
+    }
+    assert!(closed_reason(net.events(CLIENT)).is_none());
+    let link = net.bottleneck.as_ref().unwrap();
+    (link.max_wait, received as f64 / 2.0)
+}
+
+#[test]
+fn the_window_bound_keeps_a_bottleneck_queue_short_at_full_rate() {
+    let link = 100e6 / 8.0;
+    // Cubic alone fills the router's buffer: every packet behind it waits.
+    let (cubic_wait, cubic_rate) = bulk_over_bottleneck(None);
+    assert!(
+        cubic_wait > Duration::from_millis(60),
+        "Cubic's longest queue wait {cubic_wait:?}"
+    );
+    // Under the bound the queue holds at most about one bandwidth-delay product (20 ms), and
+    // the link stays as busy.
+    let (wait, rate) = bulk_over_bottleneck(Some(WindowBound::default()));
+    assert!(
+        wait <= Duration::from_millis(30),
+        "longest queue wait {wait:?}"
+    );
+    assert!(
+        rate >= link * 0.9 && rate >= cubic_rate * 0.95,
+        "goodput {rate:.0} B/s, Cubic alone {cubic_rate:.0} B/s, link {link:.0} B/s"
     );
 }

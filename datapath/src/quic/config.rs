@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::congestion::{BoundedCubicConfig, WindowBound};
 use quinn_proto::{AckFrequencyConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 
 /// Largest UDP payload on a 1500-byte IPv4 path: 1500 - 20 (IPv4) - 8 (UDP).
@@ -117,6 +118,9 @@ pub struct TransportSettings {
     /// per 10 packets and 2 ms delay): the sparser feedback held the senders' congestion
     /// windows back, so batches were smaller and the relay woke more often per frame.
     pub ack_frequency: Option<AckFrequency>,
+    /// Bound on the congestion window (see [`super::congestion`]); `None` leaves quinn's Cubic
+    /// unbounded.
+    pub window_bound: Option<WindowBound>,
 }
 
 /// How often the peer should acknowledge our packets, sent to it in an ACK_FREQUENCY frame when
@@ -167,6 +171,7 @@ impl Default for TransportSettings {
             mtu_discovery: true,
             initial_rtt: Duration::from_millis(100),
             ack_frequency: None,
+            window_bound: Some(WindowBound::default()),
         }
     }
 }
@@ -201,6 +206,9 @@ impl TransportSettings {
             .initial_mtu(MIN_UDP_PAYLOAD)
             .min_mtu(MIN_UDP_PAYLOAD)
             .enable_segmentation_offload(true);
+        if let Some(bound) = self.window_bound {
+            t.congestion_controller_factory(Arc::new(BoundedCubicConfig::new(bound)));
+        }
         // An idle timeout above the varint limit cannot be configured; fall back to quinn's.
         if let Ok(idle) = IdleTimeout::try_from(self.idle_timeout) {
             t.max_idle_timeout(Some(idle));

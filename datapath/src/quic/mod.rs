@@ -42,10 +42,12 @@
 //! the transport tuning and its reasons in [`config`].
 
 pub mod config;
+pub mod congestion;
 mod driver;
 pub mod tls;
 
 pub use config::{AckFrequency, DriverConfig, TransportSettings};
+pub use congestion::WindowBound;
 pub use driver::{
     CLOSE_HANDSHAKE_TIMEOUT, CloseCause, ConnId, ConnStats, ConnectError, ControlError,
     DatagramError, Driver, DriverCounters, Event, PeerIdentity, SMALL_DATAGRAM, STREAM_REFUSED,
