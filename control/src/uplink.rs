@@ -463,6 +463,14 @@ impl Uplink {
         true
     }
 
+    /// Bytes of DATAGRAM payload the room connection can queue now without dropping anything,
+    /// or `None` when not joined. A sender with more frames than the path carries (a benchmark,
+    /// a file copy) waits for room instead of making frames only to have them dropped.
+    pub fn send_space(&mut self) -> Option<usize> {
+        let conn = self.conn.filter(|_| self.joined.is_some())?;
+        self.runner.driver().datagram_send_space(conn)
+    }
+
     /// Sends this peer's counters to the relay (when joined).
     pub fn send_stats(&mut self, stats: &Stats) {
         if let (Some(conn), true) = (self.conn, self.joined.is_some()) {

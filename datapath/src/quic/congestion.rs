@@ -13,6 +13,9 @@
 //! sender, where the driver chooses what to drop (bulk first, see `SMALL_DATAGRAM`), instead
 //! of in a kernel FIFO nobody can reorder.
 //!
+//! It belongs where traffic enters the tunnel (players, gateways); a relay forwarding what
+//! bounded senders sent gains nothing from it (docs/ARCHITECTURE.md, "Later decisions").
+//!
 //! Only the times quinn passes in are used, so the controller runs under a simulated clock.
 
 use std::any::Any;

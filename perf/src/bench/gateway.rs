@@ -34,7 +34,8 @@
 //!   own (batched kicks, qdisc bypass: a pktgen-like loop), as fast as it can for the run's
 //!   time, bounded in count. Frames per second = frames the gateway handed to QUIC per
 //!   wall-clock second; CPU ns per frame and frames per CPU-second from the gateway thread.
-//! - **room → LAN**: the player sends frames to the LAN host's MAC as fast as QUIC lets it;
+//! - **room → LAN**: the player sends frames to the LAN host's MAC as fast as QUIC lets it
+//!   (while its DATAGRAM queue has room; when full it sleeps until an ACK opens the window);
 //!   the gateway writes them onto the LAN (TX ring, or one `send` per frame for the baseline).
 //!   Loss there is counted from the frames the gateway received from the room: the relay drops
 //!   what the relay → gateway connection cannot carry, which is not the gateway's loss (the
@@ -1376,14 +1377,26 @@ fn room_to_lan(
         player.uplink.receive(now);
         while player.uplink.poll_event().is_some() {}
         while player.uplink.poll_frame().is_some() {}
-        for _ in 0..32 {
+        // As fast as QUIC takes them: frames that would only be dropped from a full DATAGRAM
+        // queue are not made, so the player leaves the CPUs to the relay and the gateway.
+        // A frame and the overlay headers of two fragments, in case the budget splits it.
+        const OVERHEAD: usize = 2 * lanparty_datapath::wire::overlay::FRAGMENT_HEADER_LEN;
+        let mut queued = 0;
+        while queued < 32 && player.uplink.send_space().unwrap_or(0) >= f.len() + OVERHEAD {
             buf.copy_from_slice(&f);
             if player.uplink.send_frame(now, &mut buf) {
                 sent += 1;
             }
+            queued += 1;
         }
         player.uplink.transmit(now)?;
-        player.uplink.wait(Some(Instant::now()))?;
+        // A full queue waits for an ACK to open the window (or 1 ms), otherwise poll.
+        let wake = if queued == 0 {
+            Instant::now() + Duration::from_millis(1)
+        } else {
+            Instant::now()
+        };
+        player.uplink.wait(Some(wake))?;
     }
     if !player_sends {
         stop.store(true, Ordering::Release);
