@@ -1349,10 +1349,10 @@ fn losses_are_still_detected_when_acks_are_sparse() {
     );
 }
 
-/// A client sends 1200-byte datagrams at twice the rate of a 100 Mbit/s bottleneck with a
-/// 2 MB buffer (160 ms) and a 20 ms round trip, for 4 s. Returns the longest wait in the
-/// bottleneck's queue and the goodput during the last 2 s (bytes per second).
-fn bulk_over_bottleneck(bound: Option<WindowBound>) -> (Duration, f64) {
+/// A client sends 1200-byte datagrams at 25 MB/s into a bottleneck with a 2 MB buffer and a
+/// 20 ms round trip, for 4 s: `first` bit/s for 2 s, then 100 Mbit/s. Returns the longest wait
+/// in the bottleneck's queue and the goodput (bytes per second), both over the last 2 s.
+fn bulk_over_bottleneck(bound: Option<WindowBound>, first: f64) -> (Duration, f64) {
     let mut net = Net::new(31);
     net.latency = Duration::from_millis(10);
     let mut server_config = config(1);
@@ -1372,13 +1372,15 @@ fn bulk_over_bottleneck(bound: Option<WindowBound>) -> (Duration, f64) {
         .unwrap();
     net.add_driver(CLIENT, driver);
     handshake(&mut net, CLIENT);
-    net.bottleneck = Some(Bottleneck::new(SERVER, 100e6, 2_000_000, net.now));
+    net.bottleneck = Some(Bottleneck::new(SERVER, first, 2_000_000, net.now));
     let mut received = 0usize;
     let step = Duration::from_millis(1);
     for ms in 0..4000u32 {
         if ms == 2000 {
             received = 0;
-            net.bottleneck.as_mut().unwrap().max_wait = Duration::ZERO;
+            let link = net.bottleneck.as_mut().unwrap();
+            link.max_wait = Duration::ZERO;
+            link.rate = 100e6 / 8.0;
         }
         // 25 MB/s offered; what the send buffer cannot hold is dropped there.
         for i in 0..21 {
@@ -1410,14 +1412,14 @@ fn bulk_over_bottleneck(bound: Option<WindowBound>) -> (Duration, f64) {
 fn the_window_bound_keeps_a_bottleneck_queue_short_at_full_rate() {
     let link = 100e6 / 8.0;
     // Cubic alone fills the router's buffer: every packet behind it waits.
-    let (cubic_wait, cubic_rate) = bulk_over_bottleneck(None);
+    let (cubic_wait, cubic_rate) = bulk_over_bottleneck(None, 100e6);
     assert!(
         cubic_wait > Duration::from_millis(60),
         "Cubic's longest queue wait {cubic_wait:?}"
     );
     // Under the bound the queue holds at most about one bandwidth-delay product (20 ms), and
     // the link stays as busy.
-    let (wait, rate) = bulk_over_bottleneck(Some(WindowBound::default()));
+    let (wait, rate) = bulk_over_bottleneck(Some(WindowBound::default()), 100e6);
     assert!(
         wait <= Duration::from_millis(30),
         "longest queue wait {wait:?}"
@@ -1425,5 +1427,21 @@ fn the_window_bound_keeps_a_bottleneck_queue_short_at_full_rate() {
     assert!(
         rate >= link * 0.9 && rate >= cubic_rate * 0.95,
         "goodput {rate:.0} B/s, Cubic alone {cubic_rate:.0} B/s, link {link:.0} B/s"
+    );
+}
+
+#[test]
+fn the_window_bound_follows_a_link_that_gets_faster() {
+    // 2 s at 10 Mbit/s hold the bound near 50 kB (2 × 1.25 MB/s × 20 ms, under the floor);
+    // when the link speeds up to 100 Mbit/s the delivery rate climbs and the bound with it.
+    let (wait, rate) = bulk_over_bottleneck(Some(WindowBound::default()), 10e6);
+    let link = 100e6 / 8.0;
+    assert!(
+        rate >= link * 0.85,
+        "goodput {rate:.0} B/s in the 2 s after the link became {link:.0} B/s"
+    );
+    assert!(
+        wait <= Duration::from_millis(30),
+        "longest queue wait {wait:?}"
     );
 }
