@@ -268,12 +268,9 @@ pub fn start(config: RelayConfig) -> anyhow::Result<RelayHandle> {
     // Same key after a restart: peers of the old process get a stateless reset and reconnect
     // at once instead of waiting out their idle timeout.
     driver_config.reset_key = Some(reset_key);
-    // The window bound belongs where traffic enters the tunnel: the players and gateways hold
-    // the excess in their own DATAGRAM queues, where bulk gives way to small frames. The relay
-    // only forwards what they sent; bounding its windows too cost throughput in the lab without
-    // shortening the loaded round trip, and halved what `bench gateway` could push through
-    // to a gateway (docs/ARCHITECTURE.md, "Later decisions").
-    driver_config.transport.window_bound = None;
+    // The relay keeps the default window bound (`TransportSettings::window_bound`): towards a
+    // player behind a slow downlink, Cubic alone would fill the ISP's buffer in front of the
+    // player's game traffic (docs/ARCHITECTURE.md, "Later decisions").
     let driver = Driver::new(driver_config, Some(crypto));
     let runner = Runner::new(driver, backend);
     let local_addr = runner.local_addr();

@@ -119,8 +119,7 @@ pub struct TransportSettings {
     /// windows back, so batches were smaller and the relay woke more often per frame.
     pub ack_frequency: Option<AckFrequency>,
     /// Bound on the congestion window (see [`super::congestion`]); `None` leaves quinn's Cubic
-    /// unbounded. On by default, for the peers where traffic enters the tunnel; the relay,
-    /// which only forwards, turns it off.
+    /// unbounded. On by default, for every peer and the relay.
     pub window_bound: Option<WindowBound>,
 }
 

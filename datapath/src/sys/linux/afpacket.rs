@@ -755,9 +755,14 @@ impl PacketRing {
         if pending == 0 {
             return Ok(0);
         }
+        // MSG_DONTWAIT: a blocking kick returns only once every frame it sent has been freed
+        // (`tpacket_snd` waits on `skb_completion`), which on a real NIC means after its TX
+        // completion interrupt; the datapath thread would sleep through that instead of
+        // serving the room. Slots come back on their own; `ring_send` kicks again when full.
         // SAFETY: a zero-length send with no buffer is how TPACKET TX rings are kicked; the
         // kernel reads frames only from slots we marked SEND_REQUEST.
-        let rc = unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::null(), 0, 0) };
+        let rc =
+            unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
         if rc < 0 {
             let err = io::Error::last_os_error();
             return match err.raw_os_error() {
