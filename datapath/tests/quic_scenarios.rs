@@ -1432,9 +1432,10 @@ fn the_window_bound_keeps_a_bottleneck_queue_short_at_full_rate() {
 
 #[test]
 fn the_window_bound_follows_a_link_that_gets_faster() {
-    // 2 s at 50 Mbit/s hold the bound near 250 kB (2 × 6.25 MB/s × 20 ms); when the link
-    // speeds up to 100 Mbit/s the delivery rate climbs and the bound with it.
-    let (wait, rate) = bulk_over_bottleneck(Some(WindowBound::default()), 50e6);
+    // 2 s at 10 Mbit/s hold the bound near 50 kB (2 × 1.25 MB/s × 20 ms; the floor, what the
+    // path delivers in 4 ms, is lower), so the queue stays near one bandwidth-delay product;
+    // when the link speeds up to 100 Mbit/s the delivery rate climbs and the bound with it.
+    let (wait, rate) = bulk_over_bottleneck(Some(WindowBound::default()), 10e6);
     let link = 100e6 / 8.0;
     assert!(
         rate >= link * 0.85,

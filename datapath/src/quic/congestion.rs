@@ -9,9 +9,13 @@
 //! [`BoundedCubic`] keeps Cubic's loss response and growth but never lets the window exceed
 //! `gain` × the bandwidth-delay product (BBR's `cwnd_gain` bound, RFC 9002-style controllers
 //! leave it open), computed from a windowed maximum of the delivery rate and a windowed
-//! minimum of the round-trip time, and never less than `floor`. Excess data then waits in the
+//! minimum of the round-trip time, and never less than a floor: what the path delivers in
+//! `floor_time`, between [`MIN_FLOOR`] and `floor` bytes. Excess data then waits in the
 //! sender, where the driver chooses what to drop (bulk first, see `SMALL_DATAGRAM`), instead
 //! of in a kernel FIFO nobody can reorder.
+//!
+//! It belongs where traffic enters the tunnel (players, gateways); a relay forwarding what
+//! bounded senders sent gains nothing from it (docs/ARCHITECTURE.md, "Later decisions").
 //!
 //! Only the times quinn passes in are used, so the controller runs under a simulated clock.
 
@@ -32,11 +36,14 @@ pub struct WindowBound {
     /// leaves room for delayed and batched ACKs and lets the window double each round trip
     /// while the delivery rate keeps rising, so probing for more bandwidth still works.
     pub gain: f64,
-    /// The bound never goes below this many bytes. On a sub-millisecond path the product is a
-    /// few kilobytes, less than one GSO batch and far less than what keeps a sender busy while
-    /// its receiver waits a few hundred microseconds for a CPU. On a slow path with a short
-    /// round trip the floor is the bound: 128 KiB is about 100 ms at 10 Mbit/s.
+    /// The most the floor can be, in bytes. On a sub-millisecond path the product is a few
+    /// kilobytes, less than one GSO batch and far less than what keeps a sender busy while its
+    /// receiver waits a few hundred microseconds for a CPU.
     pub floor: u64,
+    /// The floor is what the path delivers in this long (at least [`MIN_FLOOR`], at most
+    /// `floor`). A fixed 128 KiB would be 100 ms of queue in front of a 10 Mbit/s uplink; at
+    /// 4 ms it is 5 kB there, while any path faster than 262 Mbit/s gets the whole `floor`.
+    pub floor_time: Duration,
     /// How long a delivery-rate maximum is kept. Long enough to bridge the pauses of a
     /// receiver sharing its CPU; a rate that fell is forgotten after this.
     pub rate_window: Duration,
@@ -50,11 +57,16 @@ impl Default for WindowBound {
         Self {
             gain: 2.0,
             floor: 128 * 1024,
+            floor_time: Duration::from_millis(4),
             rate_window: Duration::from_secs(1),
             rtt_window: Duration::from_secs(10),
         }
     }
 }
+
+/// The lowest floor: about Cubic's initial window (ten 1452-byte packets), so a slow path
+/// still keeps a burst in flight.
+pub const MIN_FLOOR: u64 = 16 * 1024;
 
 /// Delivery rates are measured over at least this long, so a burst of ACKs released by a
 /// receiver that just got its CPU back is averaged with the pause before it.
@@ -176,30 +188,41 @@ impl PathEstimate {
         self.interval_bytes += bytes;
     }
 
-    /// Closes a delivery-rate interval once it is long enough.
-    fn on_end_acks(&mut self, now: Instant, bound: &WindowBound) {
-        let Some(start) = self.interval_start else {
-            self.interval_start = Some(now);
-            self.interval_bytes = 0;
-            return;
-        };
-        let elapsed = now.saturating_duration_since(start);
-        if elapsed >= self.rtt.get().unwrap_or_default().max(MIN_RATE_INTERVAL) {
-            let rate = self.interval_bytes as f64 / elapsed.as_secs_f64();
-            self.rate
-                .update(rate, now, bound.rate_window, |a, b| a >= b);
-            self.interval_start = Some(now);
-            self.interval_bytes = 0;
+    /// Closes a delivery-rate interval once it is long enough. When nothing is left in flight
+    /// the interval ends unmeasured and the next one starts at the next ACK: an interval that
+    /// spanned an idle spell (a handshake, then silence) would report the application's pause,
+    /// not the path's rate, and pin the bound to its floor.
+    fn on_end_acks(&mut self, now: Instant, in_flight: u64, bound: &WindowBound) {
+        match self.interval_start {
+            None => {
+                self.interval_start = Some(now);
+                self.interval_bytes = 0;
+            }
+            Some(start) => {
+                let elapsed = now.saturating_duration_since(start);
+                if elapsed >= self.rtt.get().unwrap_or_default().max(MIN_RATE_INTERVAL) {
+                    let rate = self.interval_bytes as f64 / elapsed.as_secs_f64();
+                    self.rate
+                        .update(rate, now, bound.rate_window, |a, b| a >= b);
+                    self.interval_start = Some(now);
+                    self.interval_bytes = 0;
+                }
+            }
+        }
+        if in_flight == 0 {
+            self.interval_start = None;
         }
     }
 
-    /// `gain` × rate × RTT, at least `floor`; `None` before the first rate sample.
+    /// `gain` × rate × RTT, at least the floor; `None` before the first rate sample.
     fn bound(&self, bound: &WindowBound) -> Option<u64> {
         let rate = self.rate.get()?;
         let rtt = self.rtt.get()?;
-        let bdp = rate * rtt.as_secs_f64() * bound.gain;
         // `as` saturates, and rates and times are finite and non-negative.
-        Some((bdp as u64).max(bound.floor))
+        let bdp = (rate * rtt.as_secs_f64() * bound.gain) as u64;
+        let floor = ((rate * bound.floor_time.as_secs_f64()) as u64)
+            .clamp(MIN_FLOOR.min(bound.floor), bound.floor);
+        Some(bdp.max(floor))
     }
 }
 
@@ -258,7 +281,7 @@ impl Controller for BoundedCubic {
         app_limited: bool,
         largest_packet_num_acked: Option<u64>,
     ) {
-        self.path.on_end_acks(now, &self.bound);
+        self.path.on_end_acks(now, in_flight, &self.bound);
         self.cubic
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
     }
@@ -347,7 +370,7 @@ mod tests {
         while now < from + span {
             now += ms(1);
             path.on_ack(now, now - rtt, rate / 1000, bound);
-            path.on_end_acks(now, bound);
+            path.on_end_acks(now, 1, bound);
         }
         now
     }
@@ -366,6 +389,15 @@ mod tests {
         let now = feed(&mut path, &bound, now, ms(200), 12_500_000, ms(80));
         let b = path.bound(&bound).unwrap();
         assert!((490_000..=510_000).contains(&b), "bound {b}");
+        // A slow uplink: 1.25 MB/s over 20 ms is 25 kB, bound 50 kB; the floor (5 kB in
+        // 4 ms, raised to the minimum) stays below it.
+        let mut slow = PathEstimate::new();
+        feed(&mut slow, &bound, now, ms(200), 1_250_000, ms(20));
+        let b = slow.bound(&bound).unwrap();
+        assert!((49_000..=51_000).contains(&b), "bound {b}");
+        let mut slower = PathEstimate::new();
+        feed(&mut slower, &bound, now, ms(200), 125_000, ms(20));
+        assert_eq!(slower.bound(&bound), Some(MIN_FLOOR));
         // A local path: 375 MB/s over 100 µs is 75 kB, under the floor.
         let mut local = PathEstimate::new();
         feed(
@@ -400,5 +432,27 @@ mod tests {
         feed(&mut path, &bound, now, ms(1600), 3_125_000, ms(40));
         let b = path.bound(&bound).unwrap();
         assert!((240_000..=260_000).contains(&b), "bound {b}");
+    }
+
+    #[test]
+    fn an_idle_spell_does_not_count_as_a_slow_path() {
+        let bound = WindowBound::default();
+        let mut path = PathEstimate::new();
+        let t0 = Instant::now();
+        // A handshake's ACK, then nothing in flight for 100 ms.
+        path.on_ack(t0, t0 - ms(20), 1200, &bound);
+        path.on_end_acks(t0, 0, &bound);
+        // A burst at 12.5 MB/s over a 20 ms round trip.
+        let mut now = t0 + ms(100);
+        for i in 0..50 {
+            now += ms(1);
+            path.on_ack(now, now - ms(20), 12_500, &bound);
+            path.on_end_acks(now, 100_000, &bound);
+            // The silence is no rate sample: no bound (or a large one) from the first ACK on.
+            let b = path.bound(&bound);
+            assert!(b.is_none_or(|b| b > 400_000), "bound {b:?} after {i} ms");
+        }
+        let b = path.bound(&bound).unwrap();
+        assert!((490_000..=510_000).contains(&b), "bound {b}");
     }
 }
