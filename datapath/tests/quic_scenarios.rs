@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use lanparty_datapath::quic::tls::{self, ClientTrust, Fingerprint, ServerIdentity};
 use lanparty_datapath::quic::{
     AckFrequency, CloseCause, ConnId, Driver, DriverConfig, Event, RecvMeta, TransmitMeta,
-    WindowBound,
+    TransportSettings, WindowBound,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1229,6 +1229,29 @@ fn idle_connections_cost_nothing_per_turn() {
     assert!(polls <= 200 * 5, "{polls} connection polls for 200 turns");
 }
 
+/// A server at `SERVER` and a client at `CLIENT`, both with `tune` applied to their transport
+/// settings, connected (handshake done). Returns the client's connection.
+fn tuned_pair(net: &mut Net, tune: impl Fn(&mut TransportSettings)) -> ConnId {
+    let mut server_config = config(1);
+    tune(&mut server_config.transport);
+    let (server, fingerprint) = server(server_config);
+    net.add_driver(SERVER, server);
+    let mut client_config = config(2);
+    tune(&mut client_config.transport);
+    let mut driver = Driver::new(client_config, None);
+    let client = driver
+        .connect(
+            net.now,
+            SERVER,
+            "relay.test",
+            tls::client_config(&ClientTrust::Pinned(fingerprint)).unwrap(),
+        )
+        .unwrap();
+    net.add_driver(CLIENT, driver);
+    handshake(net, CLIENT);
+    client
+}
+
 /// Sends `count` datagrams of 1000 bytes from client to server over a 10 ms round trip, one
 /// packet every 200 µs (the link delivers each on its own, as a paced sender on a real path
 /// does, no GRO batches), with both drivers on `ack_frequency`. Returns the packets the server
@@ -1242,23 +1265,7 @@ fn paced_flow(
     let mut net = Net::new(21);
     net.latency = Duration::from_millis(5);
     net.loss = loss;
-    let mut server_config = config(1);
-    server_config.transport.ack_frequency = ack_frequency;
-    let (server, fingerprint) = server(server_config);
-    net.add_driver(SERVER, server);
-    let mut client_config = config(2);
-    client_config.transport.ack_frequency = ack_frequency;
-    let mut driver = Driver::new(client_config, None);
-    let client = driver
-        .connect(
-            net.now,
-            SERVER,
-            "relay.test",
-            tls::client_config(&ClientTrust::Pinned(fingerprint)).unwrap(),
-        )
-        .unwrap();
-    net.add_driver(CLIENT, driver);
-    handshake(&mut net, CLIENT);
+    let client = tuned_pair(&mut net, |t| t.ack_frequency = ack_frequency);
     let server_side = server_conn(&mut net, CLIENT);
     net.run_for(Duration::from_millis(100));
     // The first `WARMUP` datagrams open the congestion window (slow start would otherwise drop
@@ -1355,23 +1362,7 @@ fn losses_are_still_detected_when_acks_are_sparse() {
 fn bulk_over_bottleneck(bound: Option<WindowBound>, first: f64) -> (Duration, f64) {
     let mut net = Net::new(31);
     net.latency = Duration::from_millis(10);
-    let mut server_config = config(1);
-    server_config.transport.window_bound = bound;
-    let (server, fingerprint) = server(server_config);
-    net.add_driver(SERVER, server);
-    let mut client_config = config(2);
-    client_config.transport.window_bound = bound;
-    let mut driver = Driver::new(client_config, None);
-    let client = driver
-        .connect(
-            net.now,
-            SERVER,
-            "relay.test",
-            tls::client_config(&ClientTrust::Pinned(fingerprint)).unwrap(),
-        )
-        .unwrap();
-    net.add_driver(CLIENT, driver);
-    handshake(&mut net, CLIENT);
+    let client = tuned_pair(&mut net, |t| t.window_bound = bound);
     net.bottleneck = Some(Bottleneck::new(SERVER, first, 2_000_000, net.now));
     let mut received = 0usize;
     let step = Duration::from_millis(1);
