@@ -463,6 +463,12 @@ impl Uplink {
         true
     }
 
+    /// The budget frames are cut to now (the room's, as PMTUD raised it), or `None` when not
+    /// joined. Frames up to its [`Budget::max_whole_frame`] travel in one datagram.
+    pub fn frame_budget(&self) -> Option<Budget> {
+        self.joined.map(|(budget, _)| budget)
+    }
+
     /// Bytes of DATAGRAM payload the room connection can queue now without dropping anything,
     /// or `None` when not joined. A sender with more frames than the path carries (a benchmark,
     /// a file copy) waits for room instead of making frames only to have them dropped.

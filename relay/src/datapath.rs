@@ -80,10 +80,20 @@ pub(crate) struct Datapath {
     stop_at: Option<Instant>,
     /// When the rooms' path budgets are next compared with their connections' PMTUD results.
     next_path_check: Instant,
+    /// Until when they are compared every [`PATH_SETTLE_INTERVAL`]: PMTUD climbs in the first
+    /// round trips after a join, and until the room hears of it every full-size frame goes
+    /// out in two fragments.
+    path_settle_until: Instant,
 }
 
-/// How often rooms compare their members' DATAGRAM sizes (PMTUD moves them rarely).
+/// How often rooms compare their members' DATAGRAM sizes once PMTUD has settled (it moves
+/// them rarely then).
 const PATH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often they are compared in the [`PATH_SETTLE_TIME`] after a join.
+const PATH_SETTLE_INTERVAL: Duration = Duration::from_millis(20);
+/// Long enough for quinn's PMTUD search (a handful of probes, one round trip each) on a path
+/// of a few hundred milliseconds.
+const PATH_SETTLE_TIME: Duration = Duration::from_secs(3);
 
 impl Datapath {
     pub(crate) fn new(
@@ -109,6 +119,7 @@ impl Datapath {
             shutdown: None,
             stop_at: None,
             next_path_check: Instant::now(),
+            path_settle_until: Instant::now(),
         }
     }
 
@@ -411,8 +422,10 @@ impl Datapath {
         }
         slot.conns.insert(peer, id);
         self.peers.insert(peer, (idx, id));
-        // A newcomer's path may be smaller than what the room was told: compare at once.
+        // A newcomer's path may be smaller than what the room was told: compare at once, then
+        // often while its PMTUD climbs.
         self.next_path_check = now;
+        self.path_settle_until = now + PATH_SETTLE_TIME;
         if let Some(s) = self.slots.get_mut(id.index()).and_then(Option::as_mut) {
             s.peer = Some((peer, idx));
         }
@@ -480,7 +493,12 @@ impl Datapath {
             }
         }
         if self.next_path_check <= now {
-            self.next_path_check = now + PATH_CHECK_INTERVAL;
+            let interval = if now < self.path_settle_until {
+                PATH_SETTLE_INTERVAL
+            } else {
+                PATH_CHECK_INTERVAL
+            };
+            self.next_path_check = now + interval;
             self.check_path_budgets();
         }
         if self.lingering.iter().any(|l| l.at <= now) {

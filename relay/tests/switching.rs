@@ -306,6 +306,35 @@ fn a_relay_on_the_ipv6_wildcard_serves_ipv4_and_ipv6_peers() {
 }
 
 #[test]
+fn the_room_budget_reaches_a_newcomer_soon_after_its_pmtud() {
+    // Until the room hears that a newcomer's path carries full-size frames, every such frame
+    // goes out in two fragments; quinn's search takes a few loopback round trips, so the news
+    // must not wait for the relay's once-a-second comparison.
+    let relay = TestRelay::start();
+    let (mut a, welcome) = relay.join("lan-party", mac(1), "Ann");
+    let (_b, _) = relay.join("lan-party", mac(2), "Bob");
+    let joined = Instant::now();
+    let mut best: Option<(u16, Duration)> = None;
+    while joined.elapsed() < Duration::from_millis(2500) {
+        if let Some(Message::RoomBudget(r)) = a.next_message(Duration::from_millis(10))
+            && best.is_none_or(|(b, _)| r.budget > b)
+        {
+            best = Some((r.budget, joined.elapsed()));
+        }
+    }
+    let (budget, after) = best.expect("Ann heard no room_budget");
+    assert!(
+        budget > welcome.room_budget,
+        "announced {budget}, welcome {}",
+        welcome.room_budget
+    );
+    assert!(
+        after < Duration::from_millis(700),
+        "the largest budget ({budget}) came {after:?} after the join"
+    );
+}
+
+#[test]
 fn the_room_budget_follows_the_members_paths_after_pmtud() {
     // Loopback carries far more than 1500 bytes, so PMTUD raises every connection to the
     // configured ceiling (1472-byte UDP payloads) within a few round trips.
