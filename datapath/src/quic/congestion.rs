@@ -14,8 +14,9 @@
 //! sender, where the driver chooses what to drop (bulk first, see `SMALL_DATAGRAM`), instead
 //! of in a kernel FIFO nobody can reorder.
 //!
-//! It belongs where traffic enters the tunnel (players, gateways); a relay forwarding what
-//! bounded senders sent gains nothing from it (docs/ARCHITECTURE.md, "Later decisions").
+//! Every connection uses it (`TransportSettings::window_bound`), the relay's too: what the
+//! relay sends a player crosses the player's downlink, whose buffer would otherwise hold the
+//! queue (docs/ARCHITECTURE.md, "Later decisions").
 //!
 //! Only the times quinn passes in are used, so the controller runs under a simulated clock.
 

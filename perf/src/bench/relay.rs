@@ -10,8 +10,9 @@
 //!   after the measured window), so the control thread counts too.
 //! - The peers are [`Fleet`]s: one [`Runner`] (our QUIC driver on one UDP socket) holding many
 //!   client connections, each joined to a room through the real control protocol. A throughput
-//!   run puts the sender and every receiver into one fleet on one load thread, leaving the other
-//!   core to the relay.
+//!   run puts the sender and every receiver into one fleet on one load thread, and gives the
+//!   relay a core of its own: its threads are pinned to the last CPU, the load thread to the
+//!   others, for the run.
 //!
 //! # Throughput
 //!
@@ -104,18 +105,51 @@ pub(crate) fn frame(dst: Mac, src: Mac, len: usize) -> Bytes {
     Bytes::from(overlay::encode_whole(&f))
 }
 
-/// On-CPU nanoseconds of this process's threads whose name is one of `names`.
-pub(crate) fn threads_cpu(names: &[&str]) -> anyhow::Result<Duration> {
-    let mut total = 0u64;
-    let mut found = 0;
+/// This process's threads whose name is one of `names`: their `/proc/self/task` entries.
+fn named_threads(names: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc/self/task").context("reading /proc/self/task")? {
         let dir = entry?.path();
         let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
             continue;
         };
-        if !names.contains(&comm.trim_end()) {
-            continue;
+        if names.contains(&comm.trim_end()) {
+            found.push(dir);
         }
+    }
+    if found.is_empty() {
+        bail!("no thread named {names:?} in this process");
+    }
+    Ok(found)
+}
+
+/// Thread ids of this process's threads whose name is one of `names`.
+fn thread_ids(names: &[&str]) -> anyhow::Result<Vec<libc::pid_t>> {
+    named_threads(names)?
+        .iter()
+        .map(|dir| {
+            dir.file_name()
+                .and_then(|n| n.to_str()?.parse().ok())
+                .with_context(|| format!("odd task entry {}", dir.display()))
+        })
+        .collect()
+}
+
+/// The load thread's CPUs while a relay has its own core; all CPUs again when dropped.
+struct LoadPinned {
+    cpus: usize,
+}
+
+impl Drop for LoadPinned {
+    fn drop(&mut self) {
+        let _ = crate::sys::set_affinity(0, 0..self.cpus);
+    }
+}
+
+/// On-CPU nanoseconds of this process's threads whose name is one of `names`.
+pub(crate) fn threads_cpu(names: &[&str]) -> anyhow::Result<Duration> {
+    let mut total = 0u64;
+    for dir in named_threads(names)? {
         let Ok(sched) = std::fs::read_to_string(dir.join("schedstat")) else {
             continue;
         };
@@ -125,10 +159,6 @@ pub(crate) fn threads_cpu(names: &[&str]) -> anyhow::Result<Duration> {
             .and_then(|v| v.parse().ok())
             .context("malformed schedstat")?;
         total += ns;
-        found += 1;
-    }
-    if found == 0 {
-        bail!("no thread named {names:?} in this process");
     }
     Ok(Duration::from_nanos(total))
 }
@@ -453,12 +483,43 @@ impl Relay {
         }
     }
 
+    /// Names of the relay's threads.
+    fn threads(&self) -> &'static [&'static str] {
+        match self {
+            Self::Ours { .. } => &["relay-datapath", "relay-control"],
+            Self::Quinn(_) => &[super::relay_ref::THREAD],
+        }
+    }
+
     /// CPU time of the relay's threads so far.
     pub(crate) fn cpu(&self) -> anyhow::Result<Duration> {
-        match self {
-            Self::Ours { .. } => threads_cpu(&["relay-datapath", "relay-control"]),
-            Self::Quinn(_) => threads_cpu(&[super::relay_ref::THREAD]),
+        threads_cpu(self.threads())
+    }
+
+    /// Puts the relay's threads on the last CPU and the calling thread (the load) on the
+    /// others, until the returned guard goes; `None` on a machine with one CPU.
+    fn own_core(&self) -> anyhow::Result<Option<LoadPinned>> {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        if cpus < 2 {
+            return Ok(None);
         }
+        let relay_cpu = cpus - 1;
+        // A thread names itself once it runs, which may be just after the relay started.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let tids = loop {
+            match thread_ids(self.threads()) {
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                result => break result?,
+            }
+        };
+        for tid in tids {
+            crate::sys::set_affinity(tid, [relay_cpu])
+                .with_context(|| format!("pinning relay thread {tid} to CPU {relay_cpu}"))?;
+        }
+        crate::sys::set_affinity(0, 0..relay_cpu).context("pinning the load thread")?;
+        Ok(Some(LoadPinned { cpus }))
     }
 
     /// Datagrams the relay dropped on send because a receiver's queue was full, if known.
@@ -521,6 +582,9 @@ pub(crate) fn throughput(
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<Flow> {
+    // The relay on a core of its own: otherwise the scheduler decides, run by run, whether
+    // the relay shares a CPU with the load.
+    let _pinned = relay.own_core()?;
     let mut fleet = Fleet::new(relay.pin(), None)?;
     let room = format!("tput-{}", unique());
     let now = Instant::now();
