@@ -344,7 +344,7 @@ fn the_room_budget_follows_the_members_paths_after_pmtud() {
     let (mut a, welcome) = relay.join("lan-party", mac(1), "Ann");
     let (mut b, _) = relay.join("lan-party", mac(2), "Bob");
     // Both peers keep listening until they have heard the same budget and it has not moved
-    // for a while (the relay compares paths once a second while PMTUD still climbs).
+    // for a while (PMTUD may still climb while the relay compares paths).
     let mut heard: [Option<u16>; 2] = [None, None];
     let mut settled_since = None;
     let deadline = Instant::now() + Duration::from_secs(20);
