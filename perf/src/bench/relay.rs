@@ -12,7 +12,7 @@
 //!   client connections, each joined to a room through the real control protocol. A throughput
 //!   run puts the sender and every receiver into one fleet on one load thread, and gives the
 //!   relay a core of its own: its threads are pinned to the last CPU, the load thread to the
-//!   others, for the run.
+//!   others, for that run only (the latency runs are placed by the scheduler, as before).
 //!
 //! # Throughput
 //!
@@ -135,13 +135,18 @@ fn thread_ids(names: &[&str]) -> anyhow::Result<Vec<libc::pid_t>> {
         .collect()
 }
 
-/// The load thread's CPUs while a relay has its own core; all CPUs again when dropped.
-struct LoadPinned {
+/// A relay on a core of its own (its threads and the load thread pinned); every CPU again for
+/// all of them when dropped, so the latency runs that follow are placed by the scheduler.
+struct Pinned {
     cpus: usize,
+    relay: Vec<libc::pid_t>,
 }
 
-impl Drop for LoadPinned {
+impl Drop for Pinned {
     fn drop(&mut self) {
+        for &tid in &self.relay {
+            let _ = crate::sys::set_affinity(tid, 0..self.cpus);
+        }
         let _ = crate::sys::set_affinity(0, 0..self.cpus);
     }
 }
@@ -498,7 +503,7 @@ impl Relay {
 
     /// Puts the relay's threads on the last CPU and the calling thread (the load) on the
     /// others, until the returned guard goes; `None` on a machine with one CPU.
-    fn own_core(&self) -> anyhow::Result<Option<LoadPinned>> {
+    fn own_core(&self) -> anyhow::Result<Option<Pinned>> {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         if cpus < 2 {
             return Ok(None);
@@ -514,12 +519,17 @@ impl Relay {
                 result => break result?,
             }
         };
+        // From here on the guard undoes whatever was set, also after an error.
+        let pinned = Pinned {
+            cpus,
+            relay: tids.clone(),
+        };
         for tid in tids {
             crate::sys::set_affinity(tid, [relay_cpu])
                 .with_context(|| format!("pinning relay thread {tid} to CPU {relay_cpu}"))?;
         }
         crate::sys::set_affinity(0, 0..relay_cpu).context("pinning the load thread")?;
-        Ok(Some(LoadPinned { cpus }))
+        Ok(Some(pinned))
     }
 
     /// Datagrams the relay dropped on send because a receiver's queue was full, if known.
