@@ -1399,8 +1399,8 @@ fn lan_to_room(
 }
 
 /// Room → LAN: the player sends bursts into the room for `duration` (unless `player_sends` is
-/// false: then the send-only gateway is the source, and `stop` ends it when the time is up); a
-/// thread in the sender namespace counts what arrives on the LAN host. Returns frames the
+/// false: then the send-only gateway is the source, and `stop` ends it when the time is up);
+/// `host_rx` reads the LAN host's received-frames counter before and after. Returns frames the
 /// player sent, frames the LAN host received, and the sending time.
 fn room_to_lan(
     host_rx: impl Fn() -> anyhow::Result<u64>,

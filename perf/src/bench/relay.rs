@@ -520,11 +520,8 @@ impl Relay {
             }
         };
         // From here on the guard undoes whatever was set, also after an error.
-        let pinned = Pinned {
-            cpus,
-            relay: tids.clone(),
-        };
-        for tid in tids {
+        let pinned = Pinned { cpus, relay: tids };
+        for &tid in &pinned.relay {
             crate::sys::set_affinity(tid, [relay_cpu])
                 .with_context(|| format!("pinning relay thread {tid} to CPU {relay_cpu}"))?;
         }
