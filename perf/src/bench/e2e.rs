@@ -1,7 +1,8 @@
 //! `lanparty-perf bench e2e`: the whole path a remote player's traffic takes — player (`c1`) →
 //! relay → gateway → party LAN host (`host1`) — against the same workload on the direct veth
 //! path (the lab's [`Variant::Direct`](lanparty_perf::lab::Variant::Direct)) and, when
-//! installed, OpenVPN in TAP mode and tinc 1.0 in switch mode set up in the same places (see
+//! installed, OpenVPN in TAP mode, tinc 1.0 in switch mode and a null tunnel of `socat`
+//! processes (the floor for three user-space hops) set up in the same places (see
 //! [`vpn`](super::vpn)).
 //!
 //! Each path gets its own lab (built once, measured `--repeats` times). softlan is measured
@@ -51,19 +52,29 @@ enum PathKind {
     Ours,
     /// softlan from the TUN player `c2` (same lab as [`Self::Ours`]).
     OursTun,
+    /// Three `socat` processes copying frames unchanged: the floor for any tunnel with three
+    /// user-space hops.
+    Null,
     OpenVpn,
     Tinc,
 }
 
 impl PathKind {
     /// One lab each, in this order; [`Self::OursTun`] is measured in [`Self::Ours`]' lab.
-    const LABS: [Self; 4] = [Self::Direct, Self::Ours, Self::OpenVpn, Self::Tinc];
+    const LABS: [Self; 5] = [
+        Self::Direct,
+        Self::Ours,
+        Self::Null,
+        Self::OpenVpn,
+        Self::Tinc,
+    ];
 
     /// The paths measured in `self`'s lab, with the player each is measured from.
     fn measured_from(self) -> &'static [(Self, &'static str)] {
         match self {
             Self::Direct => &[(Self::Direct, "c1")],
             Self::Ours | Self::OursTun => &[(Self::Ours, "c1"), (Self::OursTun, "c2")],
+            Self::Null => &[(Self::Null, "c1")],
             Self::OpenVpn => &[(Self::OpenVpn, "c1")],
             Self::Tinc => &[(Self::Tinc, "c1")],
         }
@@ -78,6 +89,7 @@ impl PathKind {
             Self::Direct => "direct veth",
             Self::Ours => "softlan",
             Self::OursTun => "softlan TUN",
+            Self::Null => "null tunnel (socat)",
             Self::OpenVpn => "OpenVPN TAP",
             Self::Tinc => "tinc switch",
         }
@@ -357,6 +369,8 @@ fn unavailable(kind: PathKind) -> Option<String> {
                 )
             })
         }
+        PathKind::Null => (!vpn::socat_installed())
+            .then(|| format!("socat not installed ({})", vpn::SOCAT_INSTALL_HINT)),
         PathKind::OpenVpn => (!vpn::openvpn_installed()).then(|| {
             format!(
                 "openvpn (and openssl) not installed ({})",
@@ -395,6 +409,7 @@ fn measure_path(
     let tunnel = match kind {
         PathKind::Direct => Tunnel::None,
         PathKind::Ours | PathKind::OursTun => Tunnel::Ours(start_ours(&mut lab)?),
+        PathKind::Null => Tunnel::Vpn(vpn::start_null(&mut lab)?),
         PathKind::OpenVpn => Tunnel::Vpn(vpn::start_openvpn(&mut lab)?),
         PathKind::Tinc => Tunnel::Vpn(vpn::start_tinc(&mut lab)?),
     };
@@ -879,6 +894,21 @@ fn targets(paths: &[PathResult]) -> Vec<Target> {
     t
 }
 
+/// Each tunnel path's idle ping median minus the direct path's, ms (the medians over the
+/// repeats, as in the latency table). The null tunnel's row is the floor for three user-space
+/// hops that the others' rows compare against.
+fn added_idle(paths: &[PathResult]) -> Vec<(&str, f64)> {
+    let idle = |p: &PathResult| p.ping_idle.as_ref().map(|s| s.median_us.median / 1e3);
+    let Some(direct) = path(paths, PathKind::Direct).and_then(idle) else {
+        return Vec::new();
+    };
+    paths
+        .iter()
+        .filter(|p| p.skipped.is_none() && p.path != PathKind::Direct.name())
+        .filter_map(|p| Some((p.path.as_str(), idle(p)? - direct)))
+        .collect()
+}
+
 fn workloads() -> Vec<String> {
     let mut w = vec!["TCP 1 stream".to_owned(), "TCP 4 streams".to_owned()];
     w.extend(UDP_SIZES.iter().map(|s| format!("UDP {s} B")));
@@ -959,6 +989,16 @@ fn markdown(r: &E2eReport) -> String {
             l.received,
             l.sent,
         );
+    }
+    let added = added_idle(&r.paths);
+    if !added.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n| path | idle ping median added over the direct path ms |\n|---|---:|"
+        );
+        for (name, ms) in added {
+            let _ = writeln!(s, "| {name} | {ms:.3} |");
+        }
     }
     let _ = writeln!(
         s,
@@ -1076,6 +1116,23 @@ mod tests {
             ping_load: Some(summary),
             load_gbit_per_sec: None,
         }
+    }
+
+    #[test]
+    fn added_idle_latency_is_each_tunnels_median_over_the_direct_one() {
+        let paths = vec![
+            path_with(PathKind::Direct, 20.0, 500_000.0, &[50.0, 60.0, 70.0]),
+            path_with(PathKind::Ours, 2.0, 300_000.0, &[400.0, 460.0, 900.0]),
+            path_with(PathKind::Null, 1.0, 100_000.0, &[300.0]),
+            PathResult::skipped(PathKind::Tinc, "not installed".into()),
+        ];
+        let added = added_idle(&paths);
+        let names: Vec<&str> = added.iter().map(|a| a.0).collect();
+        assert_eq!(names, ["softlan", "null tunnel (socat)"]);
+        assert!((added[0].1 - 0.4).abs() < 1e-9, "{added:?}");
+        assert!((added[1].1 - 0.24).abs() < 1e-9, "{added:?}");
+        // Without a direct path there is nothing to add to.
+        assert!(added_idle(&paths[1..]).is_empty());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The VPN baselines of `bench e2e`: OpenVPN in TAP mode and tinc 1.0 in switch mode, set up
-//! in a tunnel-variant lab exactly where our relay, gateway and client run.
+//! The baselines of `bench e2e` that tunnel: OpenVPN in TAP mode, tinc 1.0 in switch mode and a
+//! null tunnel made of `socat`, set up in a tunnel-variant lab exactly where our relay, gateway
+//! and client run.
 //!
-//! Both use the same shape as softlan: a hub in the `relay` namespace, a node in the `gw`
+//! All use the same shape as softlan: a hub in the `relay` namespace, a node in the `gw`
 //! namespace whose TAP device is bridged with `lan0` (the gateway's port on the party bridge,
 //! through a bridge `lpbr0` with IPv6 off, so the gateway does not speak on the LAN itself),
 //! and a node in `c1` whose TAP device is called [`CLIENT_ADAPTER`] and takes its address from
@@ -17,6 +18,11 @@
 //!   otherwise (tinc 1.0's defaults: Blowfish-CBC and SHA-1). The gateway's and the player's
 //!   host files say `IndirectData = yes` so their frames go through the hub like ours do; without
 //!   it tinc would send them peer to peer over the flat lab Internet.
+//! - **Null tunnel**: three `socat` processes that copy frames between TAP devices and UDP
+//!   datagrams unchanged: no encryption, no protocol, one `read` and one `write` per frame and
+//!   hop. The hub copies between the player's and the gateway's datagrams. It is the floor for
+//!   any design with three user-space hops on this machine: what the kernel, the wake-ups and the
+//!   cold caches after an idle spell cost before a tunnel does any work of its own.
 //!
 //! Every program is a [`LabProcess`] (killed by PID on drop); startup waits are bounded.
 
@@ -30,6 +36,8 @@ use lanparty_perf::lab::{CLIENT_ADAPTER, Lab, LabProcess, RELAY_ADDR};
 
 /// What to tell a user without the baselines installed.
 pub(crate) const VPN_INSTALL_HINT: &str = "apt-get install openvpn tinc";
+/// What to tell a user without the null tunnel's program.
+pub(crate) const SOCAT_INSTALL_HINT: &str = "apt-get install socat";
 
 /// The TAP device of the hub and of the gateway node.
 const TAP: &str = "lptap0";
@@ -57,6 +65,11 @@ pub(crate) fn openvpn_installed() -> bool {
 /// Whether tinc's `tincd` is installed.
 pub(crate) fn tinc_installed() -> bool {
     installed("tincd", "--version")
+}
+
+/// Whether `socat` (the null tunnel) is installed.
+pub(crate) fn socat_installed() -> bool {
+    installed("socat", "-V")
 }
 
 /// A running baseline: its processes (hub, gateway node, player node) and the gateway bridge.
@@ -340,5 +353,56 @@ pub(crate) fn start_tinc(lab: &mut Lab) -> anyhow::Result<Baseline> {
         p[1..].iter().all(|p| log_contains(p, "activated"))
     })?;
     lab.node("gw")?.ns.set_link_up(TAP)?;
+    finish(lab, procs)
+}
+
+/// UDP ports of the null tunnel: the hub's port for the player, its port for the gateway, and
+/// the nodes' own ports.
+const NULL_HUB_PLAYER_PORT: u16 = 5400;
+const NULL_HUB_GW_PORT: u16 = 5401;
+const NULL_NODE_PORT: u16 = 5402;
+
+/// Starts the null tunnel (`socat` hub in `relay`, nodes in `gw` and `c1`) and bridges it into
+/// the party.
+pub(crate) fn start_null(lab: &mut Lab) -> anyhow::Result<Baseline> {
+    let wan = |role: &str| -> anyhow::Result<std::net::Ipv4Addr> {
+        lab.node(role)?
+            .wan_addr
+            .with_context(|| format!("{role} has no Internet address"))
+    };
+    let (gw, player) = (wan("gw")?, wan("c1")?);
+    // Unconnected datagram sockets with fixed peers: a connected one would end socat on the
+    // first ICMP port unreachable, which the start-up order can cause.
+    let udp = |local: std::net::Ipv4Addr, port: u16, peer: std::net::Ipv4Addr, peer_port: u16| {
+        format!("UDP4-DATAGRAM:{peer}:{peer_port},bind={local}:{port}")
+    };
+    let tap = |dev: &str| format!("TUN,tun-type=tap,iff-no-pi,tun-name={dev}");
+    let socat = |a: String, b: String| -> Vec<String> {
+        // -b: one whole frame per read, up to the TAP's 1500-byte MTU plus its header.
+        ["socat".into(), "-b".into(), "65536".into(), a, b].into()
+    };
+    let hub = socat(
+        udp(RELAY_ADDR, NULL_HUB_PLAYER_PORT, player, NULL_NODE_PORT),
+        udp(RELAY_ADDR, NULL_HUB_GW_PORT, gw, NULL_NODE_PORT),
+    );
+    let gw_node = socat(
+        udp(gw, NULL_NODE_PORT, RELAY_ADDR, NULL_HUB_GW_PORT),
+        tap(TAP),
+    );
+    let player_node = socat(
+        udp(player, NULL_NODE_PORT, RELAY_ADDR, NULL_HUB_PLAYER_PORT),
+        tap(CLIENT_ADAPTER),
+    );
+    let mut procs = vec![
+        spawn(lab, "relay", "socat-hub", &hub)?,
+        spawn(lab, "gw", "socat-gw", &gw_node)?,
+        spawn(lab, "c1", "socat-c1", &player_node)?,
+    ];
+    let (gw_ns, c1_ns) = (&lab.node("gw")?.ns, &lab.node("c1")?.ns);
+    let has = |ns: &Netns, dev: &str| ns.ip(&["link", "show", "dev", dev]).is_ok();
+    wait_until("the socat nodes' TAP devices", &mut procs, |_| {
+        has(gw_ns, TAP) && has(c1_ns, CLIENT_ADAPTER)
+    })?;
+    gw_ns.set_link_up(TAP)?;
     finish(lab, procs)
 }
