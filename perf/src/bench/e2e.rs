@@ -2,7 +2,7 @@
 //! relay → gateway → party LAN host (`host1`) — against the same workload on the direct veth
 //! path (the lab's [`Variant::Direct`](lanparty_perf::lab::Variant::Direct)) and, when
 //! installed, OpenVPN in TAP mode, tinc 1.0 in switch mode and a null tunnel of `socat`
-//! processes (the floor for three user-space hops) set up in the same places (see
+//! processes (what three user-space hops cost without any work) set up in the same places (see
 //! [`vpn`](super::vpn)).
 //!
 //! Each path gets its own lab (built once, measured `--repeats` times). softlan is measured
@@ -52,8 +52,8 @@ enum PathKind {
     Ours,
     /// softlan from the TUN player `c2` (same lab as [`Self::Ours`]).
     OursTun,
-    /// Three `socat` processes copying frames unchanged: the floor for any tunnel with three
-    /// user-space hops.
+    /// Three `socat` processes copying frames unchanged: what three user-space hops cost
+    /// before a tunnel does any work of its own.
     Null,
     OpenVpn,
     Tinc,
@@ -895,8 +895,8 @@ fn targets(paths: &[PathResult]) -> Vec<Target> {
 }
 
 /// Each tunnel path's idle ping median minus the direct path's, ms (the medians over the
-/// repeats, as in the latency table). The null tunnel's row is the floor for three user-space
-/// hops that the others' rows compare against.
+/// repeats, as in the latency table). The null tunnel's row, three user-space hops that
+/// do no work, is the reference the others' rows compare against.
 fn added_idle(paths: &[PathResult]) -> Vec<(&str, f64)> {
     let idle = |p: &PathResult| p.ping_idle.as_ref().map(|s| s.median_us.median / 1e3);
     let Some(direct) = path(paths, PathKind::Direct).and_then(idle) else {

@@ -20,9 +20,11 @@
 //!   it tinc would send them peer to peer over the flat lab Internet.
 //! - **Null tunnel**: three `socat` processes that copy frames between TAP devices and UDP
 //!   datagrams unchanged: no encryption, no protocol, one `read` and one `write` per frame and
-//!   hop. The hub copies between the player's and the gateway's datagrams. It is the floor for
-//!   any design with three user-space hops on this machine: what the kernel, the wake-ups and the
-//!   cold caches after an idle spell cost before a tunnel does any work of its own.
+//!   hop. The hub copies between the player's and the gateway's datagrams. It shows what three
+//!   user-space hops cost on this machine before a tunnel does any work of its own (the
+//!   kernel's paths, the wake-ups, cold caches after an idle spell): a reference point for the
+//!   real tunnels, not a strict lower bound (a tunnel with fewer system calls per frame can
+//!   come in under it).
 //!
 //! Every program is a [`LabProcess`] (killed by PID on drop); startup waits are bounded.
 
@@ -378,7 +380,7 @@ pub(crate) fn start_null(lab: &mut Lab) -> anyhow::Result<Baseline> {
     };
     let tap = |dev: &str| format!("TUN,tun-type=tap,iff-no-pi,tun-name={dev}");
     let socat = |a: String, b: String| -> Vec<String> {
-        // -b: one whole frame per read, up to the TAP's 1500-byte MTU plus its header.
+        // -b: a buffer larger than any frame, so each read takes one frame whole.
         ["socat".into(), "-b".into(), "65536".into(), a, b].into()
     };
     let hub = socat(
